@@ -1,0 +1,16 @@
+"""``recon4d demo``: not built yet (see the open issues)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    """This command is not available in this version yet."""
+
+
+def run(config: Config) -> int:
+    from recon4d.errors import UserError
+
+    raise UserError("'recon4d demo' is not available in this version yet")

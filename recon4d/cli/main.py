@@ -1,0 +1,102 @@
+"""Entry point of the ``recon4d`` console script.
+
+The first word picks a subcommand; only that subcommand's module is imported, and tyro parses
+the rest into its ``Config`` dataclass. Global flags, accepted anywhere on the line:
+``--quiet`` (no progress output) and ``--debug`` (tracebacks for user errors).
+User errors (:class:`recon4d.errors.UserError`) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+
+SUBCOMMANDS: dict[str, str] = {
+    "demo": "Run the whole pipeline on the built-in default scene (ingest, fit, export, eval).",
+    "ingest": "Turn a video, GIF, frame folder or transforms.json into a dataset directory.",
+    "fit": "Fit dynamic Gaussian surfels to a video or dataset; writes a run directory.",
+    "export": "Export a fitted run: animated GLB (skin/morph), mesh sequence, USD, splats, videos.",
+    "render": "Render a fitted run from its input cameras or an orbit, at any time, to MP4/PNG.",
+    "eval": "Evaluate a run: held-out-frame PSNR/SSIM and, with ground truth, geometry metrics.",
+    "view": "Open a fitted run in the interactive 4D viewer (web browser).",
+    "scenes": "List or generate the synthetic scenes with ground truth.",
+    "batch": "Reconstruct many inputs from a CSV/JSONL manifest, locally or on a Ray cluster.",
+}
+
+GLOBAL_FLAGS = {"--quiet": "no progress bars or status lines", "--debug": "show tracebacks"}
+
+
+def _top_level_help() -> str:
+    from recon4d import __version__
+
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [
+        f"recon4d {__version__}: one video of a moving object in, a 4D asset out.",
+        "",
+        "usage: recon4d COMMAND [OPTIONS]      (recon4d COMMAND --help for its options)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "global options (anywhere on the line):"]
+    lines += [f"  {flag:<{width}}  {text}" for flag, text in GLOBAL_FLAGS.items()]
+    lines += ["  --version  print the version", "",
+              "example: recon4d fit clip.mp4 --out runs/clip && recon4d export runs/clip"]
+    return "\n".join(lines)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"recon4d: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    from recon4d.utils import console
+
+    console.set_quiet("--quiet" in args)
+    console.set_debug("--debug" in args)
+    args = [a for a in args if a not in GLOBAL_FLAGS]
+
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_top_level_help())
+        return 0
+    if args[0] == "--version":
+        from recon4d import __version__
+
+        print(__version__)
+        return 0
+    name = args[0]
+    if name not in SUBCOMMANDS:
+        return _fail(f"unknown command '{name}': run 'recon4d --help' for the list")
+
+    module = importlib.import_module(f"recon4d.cli.{name}")
+    import tyro
+
+    try:
+        config = tyro.cli(module.Config, args=args[1:], prog=f"recon4d {name}",
+                          description=SUBCOMMANDS[name] + "\n\n" + (module.Config.__doc__ or ""))
+    except SystemExit as exc:  # tyro/argparse: --help exits 0, bad options exit 2
+        return int(exc.code or 0)
+
+    from recon4d.errors import UserError
+
+    try:
+        result = module.run(config)
+    except UserError as exc:
+        if console.is_debug():
+            traceback.print_exc()
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print("recon4d: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+def entry() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

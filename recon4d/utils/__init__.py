@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic writes, progress output, safe checkpoints."""

@@ -1,0 +1,153 @@
+"""The spine: CLI dispatch, user errors, run directories, atomic writes, checkpoints, packaging."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from recon4d.cli.main import SUBCOMMANDS, main
+from recon4d.errors import UserError
+from recon4d.rundir import RunDir
+from recon4d.utils.atomic import atomic_directory, atomic_write_json, read_jsonl
+from recon4d.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_top_level_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert f"  {name} " in out
+
+
+def test_unknown_command_is_one_line_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown command 'frobnicate'" in err[0]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from recon4d.cli.main import main; main(['--help']); "
+            "assert 'torch' not in sys.modules, 'torch imported by --help'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_subcommand_help_is_fast_and_light(name):
+    code = (f"import sys; from recon4d.cli.main import main; rc = main(['{name}', '--help']); "
+            "assert rc == 0, rc; assert 'torch' not in sys.modules, 'torch imported by --help'")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_user_error_exit_code_and_no_traceback(monkeypatch, capsys):
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config:
+        """A command that always meets a user error."""
+
+        path: str = "x"
+
+    def run(config):
+        raise UserError(f"input '{config.path}' does not exist: check the path")
+
+    module = types.ModuleType("recon4d.cli.failing")
+    module.Config, module.run = Config, run
+    monkeypatch.setitem(sys.modules, "recon4d.cli.failing", module)
+    monkeypatch.setitem(SUBCOMMANDS, "failing", "test command")
+    assert main(["failing", "--path", "clip.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert err == "recon4d: error: input 'clip.mp4' does not exist: check the path\n"
+    assert main(["failing", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_bad_option_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "recon4d", "ingest", "--no-such-option"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+
+
+def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_json_refuses_nan(tmp_path):
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "x.json", {"a": float("nan")})
+    assert not (tmp_path / "x.json").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_dir_config_round_trip_and_schema_check(tmp_path):
+    run = RunDir(tmp_path / "run").create()
+    run.write_config({"steps": 10, "path": Path("/a")}, kind="fit")
+    assert run.read_config() == {"steps": 10, "path": "/a"}
+    payload = json.loads(run.config_path.read_text())
+    payload["schema_version"] = 99
+    run.config_path.write_text(json.dumps(payload))
+    with pytest.raises(UserError, match="schema_version 99"):
+        run.read_config()
+
+
+def test_metrics_log_skips_truncated_line(tmp_path):
+    run = RunDir(tmp_path).create()
+    run.log_metrics({"step": 1, "loss": 0.5})
+    with open(run.metrics_log, "a") as handle:
+        handle.write('{"step": 2, "lo')  # a writer killed mid-line
+    assert read_jsonl(run.metrics_log) == [{"step": 1, "loss": 0.5}]
+
+
+def test_checkpoints_atomic_latest_and_safe_load(tmp_path):
+    import torch
+
+    for step in (10, 20, 30, 40):
+        save_checkpoint(tmp_path, step, {"x": torch.full((2,), float(step)), "step": step}, keep=2)
+    latest = latest_checkpoint(tmp_path)
+    assert latest.name == "step_0000040.pt"
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step_0000030.pt", "step_0000040.pt"]
+    state = load_checkpoint(latest)
+    assert state["step"] == 40 and torch.equal(state["x"], torch.full((2,), 40.0))
+    latest.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_checkpoint(latest)
+
+
+class Evil:
+    """Any class: weights_only loading must refuse to unpickle it."""
+
+
+def test_checkpoint_refuses_pickled_objects(tmp_path):
+    import torch
+
+    path = tmp_path / "step_0000001.pt"
+    torch.save({"obj": Evil()}, path)
+    with pytest.raises(UserError):
+        load_checkpoint(path)
+
+
+def test_wheel_contains_viewer_scenes_and_kernel_sources(tmp_path):
+    """A regular (non-editable) install must find the top-level folders too."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "-q", "-w", str(tmp_path), str(REPO)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("recon4d-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "recon4d/cuda/__init__.py" in names
+    assert "recon4d/scenes/__init__.py" in names
+    assert "recon4d/viewer/__init__.py" in names
+    assert any(n.startswith("recon4d/cuda/") and n.endswith((".cpp", ".cu")) for n in names) or \
+        not any(p.suffix in (".cpp", ".cu") for p in (REPO / "cuda").iterdir())
