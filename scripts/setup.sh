@@ -26,11 +26,11 @@ fi
 if ! $VPY -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     log "GPU found: installing torch (CUDA build) and gsplat"
-    $VPY -m pip install -q torch
+    $VPY -m pip install -q torch 2>&1 | grep -v "is ignored: it is neither" || true
     EXTRA_GPU=",gpu"
   else
     log "no GPU: installing the CPU build torch==2.13.0"
-    $VPY -m pip install -q torch==2.13.0
+    $VPY -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
   fi
 fi
 EXTRAS=""
