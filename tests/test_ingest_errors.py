@@ -1,0 +1,285 @@
+"""Ingest's bad inputs: one clear line, exit code 2, and nothing written (no dataset, no temp dir).
+Inputs that are fixable (huge frames, palette / greyscale / 16-bit modes) are converted with a
+warning instead, and the result is checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recon4d.cli.main import main
+from recon4d.data.dataset import load_dataset
+from test_ingest import BG, blob_clip, write_mp4, write_pngs
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def fails(capsys, tmp_path: Path, args: list[str], fragment: str) -> str:
+    """Run ``recon4d ingest ARGS --out tmp/out`` and check the user-error contract."""
+    out = tmp_path / "out"
+    before = _tree(tmp_path)
+    code = main(["ingest", *args, "--out", str(out), "--resolution", "64", "--no-flow", "--quiet"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("recon4d: error:")]
+    assert code == 2, err
+    assert len(errors) == 1 and fragment in errors[0], err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert _tree(tmp_path) == before, "something was left behind"
+    return errors[0]
+
+
+@pytest.fixture
+def clip(tmp_path):
+    frames, truth = blob_clip(frames=4)
+    return write_pngs(tmp_path / "frames", frames), frames, truth
+
+
+# Paths and files -----------------------------------------------------------------------------
+def test_missing_path(capsys, tmp_path):
+    fails(capsys, tmp_path, [str(tmp_path / "nope.mp4")], "does not exist")
+
+
+def test_unsupported_file_type(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    fails(capsys, tmp_path, [str(tmp_path / "notes.txt")], "unsupported input")
+
+
+def test_corrupt_video_garbage_and_truncated(capsys, tmp_path):
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    fails(capsys, tmp_path, [str(tmp_path / "junk.mp4")], "cannot open video")
+    frames, _ = blob_clip(frames=4)
+    good = write_mp4(tmp_path / "good.mp4", frames).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(good[: len(good) // 2])
+    fails(capsys, tmp_path, [str(tmp_path / "cut.mp4")], "cut.mp4")
+
+
+def test_corrupt_gif(capsys, tmp_path):
+    (tmp_path / "bad.gif").write_bytes(b"GIF89a" + bytes(100))
+    fails(capsys, tmp_path, [str(tmp_path / "bad.gif")], "bad.gif")
+
+
+def test_corrupt_frame_in_folder(capsys, tmp_path, clip):
+    folder, _, _ = clip
+    data = (folder / "frame2.png").read_bytes()
+    (folder / "frame2.png").write_bytes(data[: len(data) // 3])
+    fails(capsys, tmp_path, [str(folder)], "frame2.png")
+
+
+def test_output_exists(capsys, tmp_path, clip):
+    folder, _, _ = clip
+    (tmp_path / "out").mkdir()
+    before = _tree(tmp_path)
+    assert main(["ingest", str(folder), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+
+
+# Frame counts and sizes ----------------------------------------------------------------------
+def test_zero_frames(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    fails(capsys, tmp_path, [str(tmp_path / "empty")], "has no frames")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no images here")
+    fails(capsys, tmp_path, [str(tmp_path / "docs")], "has no frames")
+
+
+def test_video_without_video_stream(capsys, tmp_path):
+    import av
+
+    path = tmp_path / "audio.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    fails(capsys, tmp_path, [str(path)], "has no video stream")
+
+
+def test_single_frame_folder_file_gif_and_video(capsys, tmp_path):
+    frames, _ = blob_clip(frames=1)
+    folder = write_pngs(tmp_path / "one", frames)
+    fails(capsys, tmp_path, [str(folder)], "single frame")
+    fails(capsys, tmp_path, [str(folder / "frame0.png")], "single frame")
+    Image.fromarray(frames[0]).save(tmp_path / "one.gif")
+    fails(capsys, tmp_path, [str(tmp_path / "one.gif")], "single frame")
+    write_mp4(tmp_path / "one.mp4", frames)
+    fails(capsys, tmp_path, [str(tmp_path / "one.mp4")], "single frame")
+
+
+def test_frames_of_different_sizes(capsys, tmp_path, clip):
+    folder, frames, _ = clip
+    Image.fromarray(frames[2][:, :50]).save(folder / "frame2.png")
+    fails(capsys, tmp_path, [str(folder)], "all frames must have the same size")
+
+
+# Masks ---------------------------------------------------------------------------------------
+def test_mask_count_mismatch(capsys, tmp_path, clip):
+    folder, _, truth = clip
+    masks = write_pngs(tmp_path / "masks", (truth[:3] * 255).astype(np.uint8))
+    fails(capsys, tmp_path, [str(folder), "--masks", str(masks)], "has 3 images but the input has 4")
+
+
+def test_mask_video_count_mismatch(capsys, tmp_path, clip):
+    folder, _, truth = clip
+    video = write_mp4(tmp_path / "m.mp4", np.repeat((truth[:2] * 255).astype(np.uint8)[..., None],
+                                                    3, axis=-1))
+    fails(capsys, tmp_path, [str(folder), "--masks", str(video)], "has 2 frames but the input has 4")
+
+
+def test_mask_size_mismatch(capsys, tmp_path, clip):
+    folder, _, truth = clip
+    masks = write_pngs(tmp_path / "masks", (truth[:, :32] * 255).astype(np.uint8))
+    fails(capsys, tmp_path, [str(folder), "--masks", str(masks)], "masks must match the frames' size")
+
+
+def test_all_empty_and_all_full_masks(capsys, tmp_path, clip):
+    folder, _, truth = clip
+    empty = write_pngs(tmp_path / "empty", np.zeros(truth.shape, np.uint8))
+    fails(capsys, tmp_path, [str(folder), "--masks", str(empty)], "every mask is empty")
+    full = write_pngs(tmp_path / "full", np.full(truth.shape, 255, np.uint8))
+    fails(capsys, tmp_path, [str(folder), "--masks", str(full)], "every mask covers the whole frame")
+
+
+def test_keying_finds_no_object(capsys, tmp_path):
+    plain = np.broadcast_to(np.asarray(BG, np.uint8), (3, 64, 64, 3))
+    folder = write_pngs(tmp_path / "plain", plain)
+    message = fails(capsys, tmp_path, [str(folder)], "every mask is empty")
+    assert "keying" in message
+
+
+def test_background_not_uniform(capsys, tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    folder = write_pngs(tmp_path / "noise", noise)
+    fails(capsys, tmp_path, [str(folder)], "not a near-uniform colour")
+
+
+def test_alpha_requested_but_absent(capsys, tmp_path, clip):
+    folder, _, _ = clip
+    fails(capsys, tmp_path, [str(folder), "--mask-source", "alpha"], "no alpha channel")
+
+
+# Options -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option, value, fragment", [
+    ("--stride", "0", "--stride must be"),
+    ("--max-frames", "1", "--max-frames must be"),
+    ("--fov-deg", "0", "--fov-deg must be"),
+    ("--camera", "transforms", "needs a transforms.json input"),
+])
+def test_bad_options(capsys, tmp_path, clip, option, value, fragment):
+    folder, _, _ = clip
+    fails(capsys, tmp_path, [str(folder), option, value], fragment)
+
+
+def test_bad_resolution(capsys, tmp_path, clip):
+    folder, _, _ = clip
+    out = tmp_path / "out"
+    assert main(["ingest", str(folder), "--out", str(out), "--resolution", "100000"]) == 2
+    assert "--resolution must be between" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# Fixable inputs: converted with a warning ----------------------------------------------------
+def _ingest_ok(capsys, folder: Path, out: Path, *extra: str):
+    code = main(["ingest", str(folder), "--out", str(out), "--crop", "off", "--resolution", "64",
+                 "--no-flow", "--quiet", *extra])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    return load_dataset(out), err
+
+
+def test_huge_frames_are_downscaled_with_a_warning(capsys, tmp_path):
+    import cv2
+
+    frames, _ = blob_clip(frames=2, noise=0.0)
+    huge = [cv2.resize(f, (4200, 420), interpolation=cv2.INTER_NEAREST) for f in frames]
+    folder = write_pngs(tmp_path / "huge", huge)
+    dataset, err = _ingest_ok(capsys, folder, tmp_path / "out")
+    assert "larger than --max-input-side 4096: downscaled to 4096x410" in err
+    assert dataset.manifest["source"]["original_size"] == [4200, 420]
+    assert dataset.manifest["extras"]["crop"]["read_scale"] == pytest.approx(4096 / 4200)
+    assert (dataset.masks >= 0.5).mean() > 0.01
+
+
+def test_palette_greyscale_and_16bit_frames_are_converted(capsys, tmp_path):
+    import cv2
+
+    frames, _ = blob_clip(frames=3)
+    palette = write_pngs(tmp_path / "p", frames, mode="P")
+    dataset, err = _ingest_ok(capsys, palette, tmp_path / "out_p")
+    assert "palette (mode P) frames: converted to 8-bit RGB" in err
+    expected = np.stack([np.asarray(Image.open(palette / f"frame{i}.png").convert("RGB"))
+                         for i in range(3)])
+    assert np.array_equal(np.round(dataset.frames * 255).astype(np.uint8), expected)
+
+    grey = write_pngs(tmp_path / "l", frames, mode="L")
+    dataset, err = _ingest_ok(capsys, grey, tmp_path / "out_l")
+    assert "greyscale (mode L)" in err
+    assert np.array_equal(dataset.frames[..., 0], dataset.frames[..., 2])
+
+    deep = (frames[..., 0].astype(np.uint16) * 257 + 100)   # 16-bit greyscale
+    (tmp_path / "i16").mkdir()
+    for i, image in enumerate(deep):
+        cv2.imwrite(str(tmp_path / "i16" / f"f{i}.png"), image)
+    dataset, err = _ingest_ok(capsys, tmp_path / "i16", tmp_path / "out_16")
+    assert "16-bit greyscale" in err
+    expected = np.round(deep / 257.0).astype(np.uint8)
+    got = np.round(dataset.frames[..., 1] * 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - expected).max() <= 1
+
+    rgb16 = frames.astype(np.uint16) * 257
+    (tmp_path / "rgb16").mkdir()
+    for i, image in enumerate(rgb16):
+        cv2.imwrite(str(tmp_path / "rgb16" / f"f{i}.png"), image[..., ::-1])
+    dataset, err = _ingest_ok(capsys, tmp_path / "rgb16", tmp_path / "out_rgb16")
+    assert "16-bit frames" in err
+    assert np.array_equal(np.round(dataset.frames * 255).astype(np.uint8), frames)
+
+
+def test_float_frames_are_refused(capsys, tmp_path):
+    (tmp_path / "f").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((64, 64), 0.5, np.float32), mode="F").save(tmp_path / "f" / f"{i}.tif")
+    fails(capsys, tmp_path, [str(tmp_path / "f")], "floating-point image")
+
+
+# transforms.json with problems ---------------------------------------------------------------
+def _transforms(tmp_path: Path, meta) -> Path:
+    frames, _ = blob_clip(frames=3)
+    write_pngs(tmp_path / "ns" / "images", frames)
+    path = tmp_path / "ns" / "transforms.json"
+    path.write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    return path
+
+
+def _frame(i: int, **extra) -> dict:
+    return {"file_path": f"images/frame{i}.png", "transform_matrix": np.eye(4).tolist(), **extra}
+
+
+@pytest.mark.parametrize("meta, fragment", [
+    ("{not json", "is not valid JSON"),
+    ({"fl_x": 50.0}, "lacks 'frames'"),
+    ({"fl_x": 50.0, "frames": [_frame(0), {"file_path": "images/frame1.png"}]},
+     "frame 1 lacks 'transform_matrix'"),
+    ({"fl_x": 50.0, "frames": [_frame(0), {"transform_matrix": np.eye(4).tolist()}]},
+     "frame 1 lacks 'file_path'"),
+    ({"frames": [_frame(0), _frame(1)]}, "has no focal length"),
+    ({"fl_x": 50.0, "frames": [_frame(0), _frame(7)]}, "does not exist"),
+    ({"fl_x": 50.0, "frames": [_frame(0, time=0.0), _frame(1)]}, "frame 1 lacks 'time'"),
+    ({"fl_x": 50.0, "frames": [_frame(0), dict(_frame(1), transform_matrix=[[1, 0], [0, 1]])]},
+     "must be a 4x4 matrix"),
+    ({"fl_x": 50.0, "frames": [_frame(0)]}, "single frame"),
+])
+def test_transforms_json_problems(capsys, tmp_path, meta, fragment):
+    path = _transforms(tmp_path, meta)
+    fails(capsys, tmp_path, [str(path)], fragment)
