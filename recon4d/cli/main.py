@@ -9,6 +9,7 @@ User errors (:class:`recon4d.errors.UserError`) print one line and exit with cod
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import traceback
 
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = tyro.cli(module.Config, args=args[1:], prog=f"recon4d {name}",
-                          description=SUBCOMMANDS[name] + "\n\n" + (module.Config.__doc__ or ""))
+                          description=SUBCOMMANDS[name] + "\n\n"
+                          + inspect.cleandoc(module.Config.__doc__ or ""))
     except SystemExit as exc:  # tyro/argparse: --help exits 0, bad options exit 2
         return int(exc.code or 0)
 
