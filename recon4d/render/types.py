@@ -166,18 +166,26 @@ class Surfels:
 class RenderOutput:
     """What :func:`recon4d.render.render` returns for C cameras of H x W pixels.
 
+    Every backend composites, per pixel, the depth-sorted surfels front to back with weights
+    w_i = alpha_i * T_i (T_i the transmittance before surfel i; early termination when T would
+    drop below 1e-4) and a per-pixel depth z_i: the camera z of the ray-surfel intersection, or
+    the surfel centre's z where the screen-space low-pass fallback is used (docs/render.md).
+    Writing S1 = sum w_i z_i and S2 = sum w_i z_i^2:
+
     Attributes:
-        rgb: (C, H, W, 3) colour composited over the background.
-        alpha: (C, H, W) accumulated opacity, 1 - final transmittance.
-        depth: (C, H, W) expected camera-space z: sum(w_i z_i) / alpha, 0 where alpha == 0.
-        median_depth: (C, H, W) z of the surfel at which transmittance first drops below 0.5
-            (0 where it never does).
+        rgb: (C, H, W, 3) sum w_i c_i + (1 - alpha) * background (black when None).
+        alpha: (C, H, W) accumulated opacity sum w_i = 1 - final transmittance.
+        depth: (C, H, W) expected camera-space z: S1 / alpha, 0 where alpha < 1e-6.
+        median_depth: (C, H, W) z_i of the first added surfel after which the transmittance
+            is below 0.5 (0 where it never drops below 0.5).
         normal: (C, H, W, 3) WORLD-space surfel normals accumulated with the compositing weights
             (sum w_i n_i; not renormalised), each n_i flipped to face the camera.
-        normal_from_depth: (C, H, W, 3) WORLD-space unit normals from finite differences of the
-            unprojected (expected) depth map; 0 on the image border and where alpha == 0.
-        distortion: (C, H, W) depth distortion sum_{i,j} w_i w_j |z_i - z_j| (2DGS, using the
-            same per-pixel depths as ``depth``).
+        normal_from_depth: (C, H, W, 3) WORLD-space unit normals from central differences of the
+            expected depth unprojected with K and cam2world, oriented towards the camera; 0 on the
+            1-pixel image border and where alpha < 1e-6.
+        distortion: (C, H, W) depth distortion 2 * (alpha * S2 - S1^2) = sum_{i,j} w_i w_j
+            (z_i - z_j)^2 (squared variant, clamped >= 0; the same z_i as ``depth``). The gsplat
+            backend returns gsplat's L1 variant sum w_i w_j |z_i - z_j| on centre depths instead.
     """
 
     rgb: Tensor
