@@ -1,0 +1,147 @@
+"""Metric functions against hand-computed cases and against scikit-image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from recon4d.eval import geometry, metrics
+
+
+def _square(n: int = 40, size: float = 1.0):
+    """A flat square in the z = 0 plane, (n+1)^2 vertices, 2 n^2 triangles."""
+    g = np.linspace(0, size, n + 1)
+    x, y = np.meshgrid(g, g, indexing="ij")
+    verts = np.stack([x.ravel(), y.ravel(), np.zeros(x.size)], 1)
+    idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[1:, :-1].ravel(), idx[1:, 1:].ravel(), idx[:-1, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    return verts, faces
+
+
+def _sphere(radius: float):
+    import trimesh
+
+    m = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    return np.asarray(m.vertices), np.asarray(m.faces)
+
+
+# ---------------------------------------------------------------------------------- images
+def test_psnr_matches_scikit_image():
+    rng = np.random.default_rng(0)
+    a = rng.random((37, 53, 3))
+    b = np.clip(a + rng.normal(scale=0.05, size=a.shape), 0, 1)
+    assert metrics.psnr(b, a) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-4)
+
+
+def test_psnr_hand_computed_and_masked():
+    a = np.zeros((10, 10, 3))
+    b = np.full((10, 10, 3), 0.1)  # MSE 0.01 -> 20 dB
+    assert metrics.psnr(b, a) == pytest.approx(20.0, abs=1e-9)
+    mask = np.zeros((10, 10))
+    mask[:5] = 1
+    b2 = b.copy()
+    b2[5:] = 0.5  # errors outside the mask do not count
+    assert metrics.psnr(b2, a, mask=mask) == pytest.approx(20.0, abs=1e-9)
+    assert metrics.psnr(a, a) == metrics.PSNR_CAP_DB
+
+
+@pytest.mark.parametrize("shape", [(48, 64, 3), (33, 40)])
+def test_ssim_matches_scikit_image(shape):
+    rng = np.random.default_rng(1)
+    base = rng.random(shape)
+    from scipy.ndimage import gaussian_filter
+
+    a = gaussian_filter(base, 1.0)  # some structure, not white noise
+    b = np.clip(a + rng.normal(scale=0.04, size=shape), 0, 1)
+    ref = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False,
+                                channel_axis=-1 if len(shape) == 3 else None)
+    assert metrics.ssim(b, a) == pytest.approx(ref, abs=1e-4)
+    assert metrics.ssim(a, a) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_composite_over_white_and_mask_iou():
+    img = np.zeros((4, 4, 3))
+    mask = np.zeros((4, 4))
+    mask[1:3, 1:3] = 1.0
+    mask[0, 0] = 0.25
+    out = metrics.composite(img, mask)
+    assert out[1, 1].tolist() == [0, 0, 0] and out[3, 3].tolist() == [1, 1, 1]
+    assert out[0, 0] == pytest.approx([0.75] * 3)
+    other = np.zeros((4, 4))
+    other[1:3, 1:4] = 1  # 4 shared pixels of 6
+    assert metrics.mask_iou(other, mask) == pytest.approx(4 / 6)
+
+
+# -------------------------------------------------------------------------------- geometry
+def test_identical_meshes_give_zero_chamfer_and_unit_fscore():
+    v, f = _sphere(0.5)
+    m = geometry.compare_meshes(v, f, v, f, samples=20_000)
+    assert m["chamfer_l1"] == 0.0 and m["fscore"] == 1.0
+    assert m["normal_consistency"] == pytest.approx(1.0)
+    assert m["diag"] == pytest.approx(np.sqrt(3.0), rel=1e-3)  # bbox of a radius-0.5 sphere
+
+
+def test_square_shifted_along_its_normal_gives_the_offset():
+    # Each sample's nearest neighbour on the shifted copy is its own shifted twin: distance d.
+    v, f = _square()
+    d = 0.03
+    shifted = v + [0.0, 0.0, d]
+    m = geometry.compare_meshes(shifted, f, v, f, samples=20_000)
+    diag = np.sqrt(2.0)
+    assert m["chamfer_l1"] == pytest.approx(d / diag, rel=1e-9)
+    assert m["accuracy"] == pytest.approx(d / diag, rel=1e-9)
+    assert m["normal_consistency"] == pytest.approx(1.0)
+    # 1% of the diagonal is 0.01414 < d: nothing is within the F-score threshold.
+    assert m["fscore"] == 0.0
+    near = geometry.compare_meshes(v + [0, 0, 0.01], f, v, f, samples=20_000)
+    assert near["fscore"] == 1.0
+
+
+def test_concentric_spheres_give_the_radius_gap():
+    # Independent samples: the nearest sample lies a little further than the surface, so the
+    # measured Chamfer is the radial gap up to the sampling density.
+    v1, f1 = _sphere(0.5)
+    v2, f2 = _sphere(0.55)
+    m = geometry.compare_meshes(v2, f2, v1, f1, samples=50_000, seed=3)
+    diag = np.sqrt(3.0)
+    assert m["chamfer_l1"] == pytest.approx(0.05 / diag, rel=0.04)
+    assert m["precision"] == 0.0 and m["recall"] == 0.0  # 0.05 > 1% of 1.73
+
+
+def test_sample_surface_is_area_uniform_and_on_the_surface():
+    v, f = _square(n=4, size=2.0)
+    pts, nrm = geometry.sample_surface(v, f, 50_000, seed=0)
+    assert np.all(np.abs(pts[:, 2]) < 1e-12) and np.allclose(np.abs(nrm[:, 2]), 1.0)
+    # Quarter of the area -> quarter of the samples.
+    frac = np.mean((pts[:, 0] < 1.0) & (pts[:, 1] < 1.0))
+    assert frac == pytest.approx(0.25, abs=0.01)
+
+
+def test_temporal_jitter_hand_computed():
+    rng = np.random.default_rng(0)
+    base = rng.random((50, 3))
+    t = np.arange(6)[:, None, None]
+    steady = base[None] + t * np.array([0.1, 0.0, 0.0])  # constant velocity: no jitter
+    assert geometry.temporal_jitter(steady, diag=1.0)["mean"] == pytest.approx(0.0, abs=1e-12)
+    shaky = steady.copy()
+    shaky[3] += [0.0, 0.02, 0.0]  # one frame displaced by 0.02
+    j = geometry.temporal_jitter(shaky, diag=2.0)
+    # Second differences at frames 2, 3, 4: 0.02, 0.04, 0.02 (/ diag 2) -> mean over 4 interior frames.
+    assert j["per_frame"] == pytest.approx([0.0, 0.01, 0.02, 0.01])
+    assert j["mean"] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        geometry.temporal_jitter(steady[:2], 1.0)
+
+
+def test_plot_writes_a_png(tmp_path):
+    from PIL import Image
+
+    from recon4d.eval.plot import Panel, plot_panels
+
+    path = plot_panels([Panel("PSNR", series={"a": ([0, 1, 2], [20.0, None, 22.5])}),
+                        Panel("empty")], tmp_path / "p.png", title="t")
+    img = np.asarray(Image.open(path))
+    assert img.shape[0] > 100 and (img < 128).any()  # something drawn
