@@ -1,16 +1,93 @@
-"""``recon4d fit``: not built yet (see the open issues)."""
+"""``recon4d fit``: fit dynamic Gaussian surfels to a video or a dataset directory."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import tyro
 
 
 @dataclass
 class Config:
-    """This command is not available in this version yet."""
+    """Fit canonical surfels, a bone warp field, root poses and refinements to every frame.
+
+    Writes RUN_DIR/{config.json, dataset/, checkpoints/, logs/metrics.jsonl, metrics.json}.
+    Held-out frames (index % 4 == 2) are kept out of training unless --all-frames.
+    """
+
+    input: tyro.conf.Positional[Path]
+    """A dataset directory ('recon4d ingest' output) or a raw input (video, GIF, frame folder,
+    transforms.json), ingested into RUN_DIR/dataset on the way."""
+    out: Path = Path("runs/fit")
+    """The run directory to write."""
+    preset: Optional[Literal["cpu-fast", "gpu-quality", "test"]] = None
+    """Settings preset (default: gpu-quality with a CUDA GPU, cpu-fast otherwise)."""
+    backend: Literal["auto", "reference", "native", "gsplat"] = "auto"
+    """Renderer backend ('auto': native kernels when they build, else the torch reference)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to fit ('auto': CUDA when available)."""
+    steps: Optional[int] = None
+    """Override the number of full-stage steps of the preset."""
+    resume: bool = False
+    """Continue from RUN_DIR's latest checkpoint (after a crash or kill) with its recorded config."""
+    all_frames: bool = False
+    """Also train on the held-out frames (no held-out evaluation then)."""
+    no_init_stage: bool = False
+    """Skip the coarse initialisation stage (for ablations)."""
+    blend: Optional[Literal["dqs", "lbs"]] = None
+    """Bone blending: dual quaternions (preset default) or linear blend skinning."""
+    seed: Optional[int] = None
+    """Random seed (default 0)."""
+    threads: Optional[int] = None
+    """CPU threads (default: torch's; 1 can be faster on a busy machine)."""
+    viewer: bool = False
+    """Show the fit live in the viewer while it runs (when the viewer is installed)."""
+
+
+def _live_viewer(run_dir: Path):
+    """A started-on-first-step live viewer (``recon4d.viewer.live``), or None if unavailable."""
+    from recon4d.utils.console import info, warn
+
+    try:
+        from recon4d.viewer.live import LiveViewer  # optional: needs the viewer's extras (viser)
+        viewer = LiveViewer(run_dir=run_dir, port=0)
+    except Exception as exc:  # missing viser or a port problem must not stop the fit
+        warn(f"--viewer: the live viewer is unavailable ({type(exc).__name__}: {exc}); fitting "
+             "without it")
+        return None
+    info(f"live viewer: {viewer.url}")
+    return viewer
 
 
 def run(config: Config) -> int:
-    from recon4d.errors import UserError
+    from recon4d.train.api import fit
+    from recon4d.utils.console import info
 
-    raise UserError("'recon4d fit' is not available in this version yet")
+    overrides = {"backend": config.backend, "device": config.device}
+    if config.steps is not None:
+        if config.steps < 1:
+            from recon4d.errors import UserError
+
+            raise UserError(f"--steps must be at least 1, got {config.steps}")
+        overrides["full.steps"] = config.steps
+    if config.all_frames:
+        overrides["all_frames"] = True
+    if config.no_init_stage:
+        overrides["coarse_surfels"] = 0
+    if config.blend is not None:
+        overrides["model.blend"] = config.blend
+    if config.threads is not None:
+        overrides["num_threads"] = config.threads
+    if config.seed is not None:
+        overrides["seed"] = config.seed
+    viewer = _live_viewer(config.out) if config.viewer else None
+    try:
+        run_dir = fit(config.input, config.out, preset=config.preset, resume=config.resume,
+                      on_step=viewer.on_step if viewer is not None else None, overrides=overrides)
+    finally:
+        if viewer is not None:
+            viewer.close()
+    info(f"run written to {run_dir} (next: recon4d export {run_dir})")
+    return 0

@@ -1,0 +1,192 @@
+"""Initial surfels and bones from the masks alone (never from ground truth).
+
+Two regimes, picked from the cameras:
+
+- Cameras that move (orbit, transforms.json): a visual hull. Voxels of a cube around the object
+  are kept when they project inside the mask in (almost) every view.
+- A fixed camera (the usual generated clip): one view cannot bound depth, so the silhouette of
+  the reference frame is "inflated": a voxel is kept when it projects inside the mask and lies
+  within the local half-thickness of the silhouette (its distance to the mask border, converted
+  to scene units at the object's depth) in front of or behind the object's centre plane. Thin
+  parts become tubes and the body a rounded blob: a far better start than a sphere.
+
+The object's depth along the reference camera's axis is the world origin's depth when the origin
+lies in front of the camera (datasets centre the object there), else ``depth_hint``.
+Surfels are sampled on the surface of the kept voxels, facing outwards, coloured from the
+reference frame. Bones are k-means centres of the kept voxels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from recon4d.errors import UserError
+
+
+@dataclass
+class InitResult:
+    """Initial geometry, canonical frame = world frame of the reference frame.
+
+    Attributes:
+        points: (N, 3) surfel centres; normals: (N, 3) outward unit normals;
+        colors: (N, 3) RGB in [0, 1]; scale: surfel std (scene units);
+        occupied: (V, 3) centres of the kept voxels (bones and rigidity use them);
+        center: (3,) object centre; extent: object half-size (scene units).
+    """
+
+    points: np.ndarray
+    normals: np.ndarray
+    colors: np.ndarray
+    scale: float
+    occupied: np.ndarray
+    center: np.ndarray
+    extent: float
+
+
+def _project(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = cam[:, 2]
+    safe = np.where(z > 1e-6, z, 1e-6)
+    u = K[0, 0] * cam[:, 0] / safe + K[0, 2]
+    v = K[1, 1] * cam[:, 1] / safe + K[1, 2]
+    return np.stack([u, v], 1), z
+
+
+def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Nearest-pixel lookup with pixel centres at +0.5; outside the image -> 0."""
+    h, w = image.shape[:2]
+    x = np.floor(uv[:, 0]).astype(np.int64)
+    y = np.floor(uv[:, 1]).astype(np.int64)
+    inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+    out = np.zeros((uv.shape[0],) + image.shape[2:], image.dtype)
+    out[inside] = image[y[inside], x[inside]]
+    return out
+
+
+def _cameras_fixed(viewmats: np.ndarray, Ks: np.ndarray) -> bool:
+    return bool(np.allclose(viewmats, viewmats[:1], atol=1e-6) and np.allclose(Ks, Ks[:1], atol=1e-6))
+
+
+def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
+                    num_surfels: int, reference: int = 0, grid: int = 64,
+                    depth_hint: float = 2.7, seed: int = 0) -> InitResult:
+    """Initial surfels from the masks of the given frames.
+
+    Args:
+        frames: (F, H, W, 3) float RGB in [0, 1]; masks: (F, H, W) in [0, 1].
+        viewmats: (F, 4, 4) world-to-camera; Ks: (F, 3, 3) pixel intrinsics.
+        num_surfels: how many surfels to sample on the surface.
+        reference: the frame whose state the canonical shape takes (colours, inflation).
+        grid: voxels along the longest side of the object's box.
+    Raises:
+        UserError: when the reference mask is empty (nothing to reconstruct).
+    """
+    rng = np.random.default_rng(seed)
+    mask0 = masks[reference] > 0.5
+    if mask0.sum() < 4:
+        raise UserError("the first training frame's mask is empty: check the input's masks "
+                        "(recon4d ingest writes a contact sheet to look at)")
+    view0, K0 = viewmats[reference].astype(np.float64), Ks[reference].astype(np.float64)
+    origin_depth = float(view0[2, 3])
+    depth = origin_depth if origin_depth > 0.1 else float(depth_hint)
+    ys, xs = np.nonzero(mask0)
+    # Object box from the silhouette at the object's depth (reference camera frame).
+    u0, u1 = xs.min(), xs.max() + 1.0
+    v0, v1 = ys.min(), ys.max() + 1.0
+    fx, fy, cx, cy = K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]
+    centre_cam = np.array([((u0 + u1) / 2 - cx) / fx * depth, ((v0 + v1) / 2 - cy) / fy * depth, depth])
+    half = np.array([(u1 - u0) / 2 / fx * depth, (v1 - v0) / 2 / fy * depth])
+    extent = float(max(half.max(), 1e-3)) * 1.15
+    cam2world = np.linalg.inv(view0)
+    centre = cam2world[:3, :3] @ centre_cam + cam2world[:3, 3]
+
+    voxel = 2 * extent / grid
+    axis = (np.arange(grid) + 0.5) * voxel - extent
+    gx, gy, gz = np.meshgrid(axis, axis, axis, indexing="ij")
+    local = np.stack([gx, gy, gz], -1).reshape(-1, 3)
+    # The grid is axis-aligned with the reference camera so the inflation is per pixel column.
+    points = local @ cam2world[:3, :3].T + centre
+
+    if _cameras_fixed(viewmats, Ks):
+        uv, z = _project(points, view0, K0)
+        inside = _sample(mask0.astype(np.float32), uv) > 0.5
+        # Half-thickness from the distance to the silhouette border (pixels -> scene units).
+        dist = ndimage.distance_transform_edt(mask0).astype(np.float32)
+        thickness = _sample(dist, uv) * z / fx
+        occupied = inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
+    else:
+        votes = np.zeros(points.shape[0], np.float32)
+        for view, K, mask in zip(viewmats, Ks, masks):
+            uv, z = _project(points, view.astype(np.float64), K.astype(np.float64))
+            votes += (_sample((mask > 0.5).astype(np.float32), uv) > 0.5) & (z > 1e-3)
+        occupied = votes >= max(1.0, 0.85 * len(masks))
+    occ = occupied.reshape(grid, grid, grid)
+    if occ.sum() < 8:
+        raise UserError("the masks leave no common volume for the object (visual hull is empty): "
+                        "check the cameras (--camera fixed for a fixed-camera clip) and the masks")
+
+    # Surface voxels: occupied with an empty 6-neighbour.
+    eroded = ndimage.binary_erosion(occ, structure=ndimage.generate_binary_structure(3, 1),
+                                    border_value=0)
+    surface = np.argwhere(occ & ~eroded)
+    smooth = ndimage.gaussian_filter(occ.astype(np.float32), sigma=1.0)
+    grads = np.stack(np.gradient(smooth), -1)                  # (G, G, G, 3), grid axes
+    normals_local = -grads[surface[:, 0], surface[:, 1], surface[:, 2]]
+    norms = np.linalg.norm(normals_local, axis=1, keepdims=True)
+    normals_local = np.where(norms > 1e-8, normals_local / np.maximum(norms, 1e-8),
+                             np.array([0.0, 0.0, -1.0]))
+    pick = rng.choice(len(surface), size=num_surfels, replace=len(surface) < num_surfels)
+    jitter = rng.uniform(-0.5, 0.5, size=(num_surfels, 3))
+    local_pts = (surface[pick] + 0.5 + jitter) * voxel - extent
+    pts = local_pts @ cam2world[:3, :3].T + centre
+    nrm = normals_local[pick] @ cam2world[:3, :3].T
+    area = len(surface) * voxel * voxel
+    scale = float(0.6 * np.sqrt(area / num_surfels))
+
+    uv, _ = _project(pts, view0, K0)
+    colors = _sample(frames[reference].astype(np.float32), uv)
+    fallback = _sample(mask0.astype(np.float32), uv) < 0.5
+    if fallback.any():
+        colors[fallback] = frames[reference][mask0].mean(0)
+    occ_pts = (np.argwhere(occ) + 0.5) * voxel - extent
+    occ_pts = occ_pts @ cam2world[:3, :3].T + centre
+    return InitResult(pts.astype(np.float32), nrm.astype(np.float32), colors.astype(np.float32),
+                      scale, occ_pts.astype(np.float32), centre.astype(np.float32), extent)
+
+
+def kmeans_bones(points: np.ndarray, num_bones: int, iters: int = 15, seed: int = 0
+                 ) -> tuple[np.ndarray, float]:
+    """(B, 3) bone centres by k-means over ``points`` (V, 3) and a bone radius (scene units):
+    0.6 x the mean distance between a centre and its nearest other centre."""
+    rng = np.random.default_rng(seed)
+    if len(points) > 20000:  # k-means needs the shape, not every voxel
+        points = points[rng.choice(len(points), 20000, replace=False)]
+    b = min(num_bones, len(points))
+    # k-means++-like start: farthest-point sampling spreads bones over the whole shape.
+    centres = [points[rng.integers(len(points))]]
+    dist = np.linalg.norm(points - centres[0], axis=1)
+    for _ in range(1, b):
+        centres.append(points[int(dist.argmax())])
+        dist = np.minimum(dist, np.linalg.norm(points - centres[-1], axis=1))
+    centres = np.stack(centres)
+    for _ in range(iters):
+        assign = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+        for k in range(b):
+            members = points[assign == k]
+            if len(members):
+                centres[k] = members.mean(0)
+    if b > 1:
+        d = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        radius = 0.6 * float(d.min(1).mean())
+    else:
+        radius = float(np.linalg.norm(points - centres[0], axis=1).mean())
+    return centres.astype(np.float32), max(radius, 1e-3)
+
+
+def to_torch(array: np.ndarray, device="cpu") -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=device)

@@ -1,0 +1,255 @@
+"""Fit configuration: light dataclasses, presets, JSON round trip.
+
+Everything that changes what a fit does is data here (stages, learning rates, loss weights and
+their schedules, densification), so ablations are config edits, not code branches. Lengths are
+in units of the object's extent (its half-size from the init), so one preset fits any scale.
+
+Presets: ``cpu-fast`` (default without a GPU), ``gpu-quality`` (default with one) and ``test``
+(a few steps at tiny sizes, for tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Weight = Union[float, list]
+
+PRESETS = ("cpu-fast", "gpu-quality", "test")
+
+
+@dataclass
+class ModelConfig:
+    """What the model is made of."""
+
+    num_surfels: int = 4000
+    """Surfels at the start of the full stage (densification may add more)."""
+    sh_degree: int = 0
+    """SH degree of the colours (0: view-independent; a fixed camera cannot see more)."""
+    num_bones: int = 25
+    """Gaussian bones of the warp (0: root poses only)."""
+    blend: str = "dqs"
+    """Bone blending: 'dqs' (dual quaternions) or 'lbs' (linear blend)."""
+    time_freqs: int = 8
+    """Fourier frequencies of the bone MLP's time encoding (sets the fastest motion)."""
+    mlp_hidden: int = 64
+    refine_freqs: int = 3
+    """Temporal frequencies of the ΔR/ΔS refinement (0 turns it off)."""
+    bone_rot_scale: float = 1.0
+    bone_trans_scale: float = 0.3
+    """Bone translation output multiplier, in units of the object extent."""
+    init_grid: int = 64
+    """Voxels along the object's box for the mask-based init."""
+    depth_hint: float = 2.7
+    """Object depth (scene units) when the dataset's cameras do not place the object."""
+
+
+@dataclass
+class LearningRates:
+    """Adam learning rates. ``means``, ``bone_centers`` and ``root_offsets`` are in units of
+    the object extent per step; the rest are in their parameter's own units."""
+
+    means: float = 2e-3
+    means_final: float = 2e-4
+    quats: float = 3e-3
+    log_scales: float = 1e-2
+    opacity: float = 3e-2
+    sh_dc: float = 1e-2
+    sh_rest: float = 5e-4
+    skin_logits: float = 1e-2
+    refine: float = 2e-3
+    bone_mlp: float = 2e-3
+    bone_centers: float = 1e-3
+    bone_shape: float = 3e-3
+    root_rot: float = 3e-3
+    root_offsets: float = 3e-3
+    focal: float = 2e-5
+    """Small on purpose: with a fixed camera, focal length and object size trade off almost
+    freely, and Adam turns that flat direction into a steady drift at any larger rate."""
+
+
+@dataclass
+class StrategyConfig:
+    """Densification and pruning (progress is the fraction of the full stage)."""
+
+    enabled: bool = True
+    start: float = 0.1
+    stop: float = 0.7
+    every: int = 100
+    grow_fraction: float = 0.08
+    """Each densify step clones/splits this fraction of surfels with the largest positional
+    gradients (ranked, so no scene-dependent threshold)."""
+    max_surfels: int = 8000
+    split_scale: float = 1.5
+    """Surfels larger than this x the median scale are split in two; smaller ones are cloned."""
+    prune_opacity: float = 0.02
+    prune_scale: float = 0.5
+    """Surfels larger than this x the object extent are pruned."""
+
+
+@dataclass
+class StageConfig:
+    """One optimisation stage."""
+
+    steps: int = 1000
+    resolution: float = 1.0
+    """Image scale relative to the dataset (0.5: half resolution)."""
+    frames_per_step: int = 1
+    train_canonical: bool = True
+    """Update the surfels themselves (off: only warp, cameras, colours' neighbours move)."""
+    train_refine: bool = True
+    losses: dict[str, Weight] = field(default_factory=dict)
+    """Loss name -> weight or [[progress, weight], ...] schedule. Names: photo, mask, normal,
+    distortion, rigidity, bone_smooth, root_smooth, skin_smooth, flow, depth."""
+    ssim_weight: float = 0.2
+    lr_scale: float = 1.0
+
+
+def _full_losses() -> dict[str, Weight]:
+    return {
+        "photo": 1.0,
+        "mask": 0.2,
+        "normal": [[0.0, 0.0], [0.3, 0.0], [0.5, 0.05]],
+        "distortion": [[0.0, 0.0], [0.3, 0.0], [0.5, 10.0]],
+        "rigidity": [[0.0, 0.3], [1.0, 0.05]],
+        "bone_smooth": 0.1,
+        "root_smooth": 0.1,
+        "skin_smooth": 0.01,
+        "flow": 0.0,
+        "depth": 0.0,
+    }
+
+
+def _coarse_losses() -> dict[str, Weight]:
+    return {"photo": 1.0, "mask": 1.0, "rigidity": 3.0, "bone_smooth": 0.3, "root_smooth": 0.3,
+            "skin_smooth": 0.05}
+
+
+@dataclass
+class FitConfig:
+    """A whole fit: model, coarse initialisation stage, full stage, bookkeeping."""
+
+    preset: str = "cpu-fast"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    coarse: StageConfig = field(default_factory=lambda: StageConfig(
+        steps=200, resolution=0.5, frames_per_step=2, train_refine=False, losses=_coarse_losses()))
+    coarse_surfels: int = 800
+    """Surfels of the coarse stage (few and large); 0 skips the initialisation stage."""
+    full: StageConfig = field(default_factory=lambda: StageConfig(steps=900, losses=_full_losses()))
+    lr: LearningRates = field(default_factory=LearningRates)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    rigidity_samples: int = 1024
+    knn: int = 8
+    robust_frames: bool = True
+    """Per-frame robust weights (down-weight frames that stay much worse than the median)."""
+    robust_tolerance: float = 3.0
+    """Frames up to this multiple of the median photometric loss keep full weight (hard but
+    genuine frames must not be starved; only artefact frames are far above the median)."""
+    backend: str = "auto"
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu' or 'cuda'."""
+    seed: int = 0
+    all_frames: bool = False
+    """Train on the held-out frames (index % 4 == 2) too."""
+    log_every: int = 10
+    checkpoint_every: int = 200
+    eval_every: int = 0
+    """Held-out PSNR every this many steps (0: only at the end)."""
+    resolution_scaling: float = 2.0
+    """Largest factor by which full-stage steps and surfel counts grow with the image area
+    beyond 128 x 128 (detail needs surfels and steps); 1 disables. Applied once when the fit
+    starts (config.json records the scaled values and 1 here)."""
+    num_threads: int = 0
+    """CPU threads for torch and the native renderer (0: torch's default). 1 is faster on an
+    oversubscribed machine, where spinning thread pools fight each other."""
+    max_bad_steps: int = 20
+    """Consecutive non-finite steps after which the fit stops with an error."""
+
+    @property
+    def total_steps(self) -> int:
+        return (self.coarse.steps if self.coarse_surfels > 0 else 0) + self.full.steps
+
+
+def preset(name: str) -> FitConfig:
+    """The named preset (see :data:`PRESETS`)."""
+    if name == "cpu-fast":
+        return FitConfig(preset=name)
+    if name == "gpu-quality":
+        return FitConfig(
+            preset=name,
+            model=ModelConfig(num_surfels=40000, sh_degree=1, refine_freqs=4),
+            coarse=StageConfig(steps=500, resolution=0.5, frames_per_step=4, train_refine=False,
+                               losses=_coarse_losses()),
+            coarse_surfels=3000,
+            full=StageConfig(steps=5000, frames_per_step=4, losses=_full_losses()),
+            strategy=StrategyConfig(max_surfels=150000, every=200),
+            checkpoint_every=1000, log_every=50)
+    if name == "test":
+        return FitConfig(
+            preset=name,
+            model=ModelConfig(num_surfels=300, num_bones=4, time_freqs=4, mlp_hidden=16,
+                              refine_freqs=2, init_grid=24),
+            coarse=StageConfig(steps=2, resolution=0.5, frames_per_step=1, train_refine=False,
+                               losses=_coarse_losses()),
+            coarse_surfels=100,
+            full=StageConfig(steps=4, losses=_full_losses()),
+            strategy=StrategyConfig(start=0.0, every=2, max_surfels=600),
+            rigidity_samples=64, log_every=1, checkpoint_every=2)
+    raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, got {name!r}")
+
+
+def scale_for_resolution(config: FitConfig, width: int, height: int) -> FitConfig:
+    """``config`` with full-stage steps and surfel budgets grown by
+    clamp(width * height / 128^2, 1, resolution_scaling), and resolution_scaling set to 1."""
+    factor = min(max(width * height / 128 ** 2, 1.0), max(config.resolution_scaling, 1.0))
+    if factor == 1.0:
+        return dataclasses.replace(config, resolution_scaling=1.0)
+    return dataclasses.replace(
+        config, resolution_scaling=1.0,
+        full=dataclasses.replace(config.full, steps=round(config.full.steps * factor)),
+        model=dataclasses.replace(config.model, num_surfels=round(config.model.num_surfels * factor)),
+        strategy=dataclasses.replace(config.strategy,
+                                     max_surfels=round(config.strategy.max_surfels * factor)))
+
+
+def default_preset_name() -> str:
+    """gpu-quality with a CUDA GPU, cpu-fast otherwise."""
+    import torch
+
+    return "gpu-quality" if torch.cuda.is_available() else "cpu-fast"
+
+
+def config_from_dict(data: dict[str, Any]) -> FitConfig:
+    """Rebuild a FitConfig from its JSON form (config.json's ``config``); unknown keys are an
+    error naming the key, missing keys take the defaults of the recorded preset."""
+    base = preset(data.get("preset", "cpu-fast")) if data.get("preset") in PRESETS else FitConfig()
+    return _merge(base, data, "config")
+
+
+def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    updates = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"{where}.{key}: unknown setting")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            updates[key] = _merge(current, value, f"{where}.{key}")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            updates[key] = {**current, **value}  # e.g. one loss weight of a stage
+        else:
+            updates[key] = value
+    return dataclasses.replace(obj, **updates)
+
+
+def apply_overrides(config: FitConfig, overrides: dict[str, Any]) -> FitConfig:
+    """Set dotted keys, e.g. ``{"full.steps": 200, "model.blend": "lbs"}`` (ablations, CLI)."""
+    data: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _merge(config, data, "config")

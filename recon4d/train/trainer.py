@@ -1,0 +1,463 @@
+"""The trainer: stages, optimisation steps, logging, checkpoints, resume, divergence handling.
+
+A fit runs a global step counter over two stages:
+
+1. ``coarse`` (the initialisation stage): few large surfels from the mask-based init, low
+   resolution, strong rigidity and mask weights: root poses and bones find the motion before
+   fine detail exists to be explained away by surfels drifting.
+2. ``full``: each coarse surfel is split into smaller children (every extra follows), all
+   parameters train at full resolution with the full loss set, densification and pruning run.
+
+Checkpoints (every ``checkpoint_every`` steps and at the end) hold the model, the optimizer
+moments, the strategy's accumulators, the robust frame weights and all RNG states, so a run
+killed at any point resumes to (nearly) the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from recon4d.data.dataset import Dataset
+from recon4d.errors import UserError
+from recon4d.losses import geometry, motion, photometric
+from recon4d.losses.robust import FrameWeights
+from recon4d.losses.schedule import weights_at
+from recon4d.model.canonical import CanonicalSurfels
+from recon4d.model.init import init_from_masks, kmeans_bones, to_torch
+from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
+from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
+from recon4d.model.warp import GaussianBoneSkinning
+from recon4d.render import render
+from recon4d.rundir import RunDir, to_jsonable
+from recon4d.train.config import FitConfig, StageConfig
+from recon4d.train.optim import Adam
+from recon4d.train.strategy import DensifyPrune, upsample
+from recon4d.utils import console
+from recon4d.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+StepCallback = Callable[[int, DynamicSurfelModel, dict], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    return torch.device(name)
+
+
+def _weight_used(config: FitConfig, name: str) -> bool:
+    """Whether loss ``name`` has a non-zero weight anywhere in either stage's schedule."""
+    for stage in (config.coarse, config.full):
+        w = stage.losses.get(name, 0.0)
+        if (isinstance(w, (int, float)) and w > 0) or (isinstance(w, list) and any(v > 0 for _, v in w)):
+            return True
+    return False
+
+
+class Trainer:
+    """Fits a :class:`DynamicSurfelModel` to a dataset, writing into a run directory."""
+
+    def __init__(self, dataset: Dataset, run: RunDir, config: FitConfig,
+                 on_step: StepCallback | None = None):
+        self.dataset = dataset
+        self.run = run
+        self.config = config
+        self.on_step = on_step
+        self.device = resolve_device(config.device)
+        self.train_frames = dataset.train_indices(config.all_frames)
+        if len(self.train_frames) < 1:
+            raise UserError("the dataset has no training frames: ingest more frames")
+        self.background = torch.as_tensor(dataset.background, dtype=torch.float32, device=self.device)
+        self.frames = torch.as_tensor(dataset.frames, device=self.device)
+        self.masks = torch.as_tensor(dataset.masks, device=self.device)
+        self.targets = photometric.composite(self.frames, self.masks, self.background)
+        self.times = torch.as_tensor(dataset.times, dtype=torch.float32)
+        self.flow: Tensor | None = None
+        if _weight_used(config, "flow"):
+            loaded = dataset.load_flow()
+            if loaded is None:
+                console.warn("the flow prior is on but the dataset has no flow (ingest with "
+                             "--flow); fitting without it")
+            else:
+                self.flow = torch.as_tensor(loaded[0], device=self.device)  # (F-1, H, W, 2)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.robust = FrameWeights(dataset.num_frames, tolerance=config.robust_tolerance)
+        self.model: DynamicSurfelModel | None = None
+        self.optimizer: Adam | None = None
+        self.strategy: DensifyPrune | None = None
+        self.extent = 1.0
+        self.step = 0
+        self.stage_name = ""
+        self.bad_steps = 0
+        self._scaled: dict[float, tuple[Tensor, Tensor]] = {}
+        self._neighbours: Tensor | None = None
+
+    # Stages -------------------------------------------------------------------------------
+    @property
+    def coarse_steps(self) -> int:
+        return self.config.coarse.steps if self.config.coarse_surfels > 0 else 0
+
+    def stage_at(self, step: int) -> tuple[str, StageConfig, float]:
+        """(name, config, progress in [0, 1] within the stage) of a global step."""
+        if step < self.coarse_steps:
+            return "coarse", self.config.coarse, step / max(self.coarse_steps, 1)
+        local = step - self.coarse_steps
+        return "full", self.config.full, local / max(self.config.full.steps, 1)
+
+    # Setup --------------------------------------------------------------------------------
+    def initialise(self) -> None:
+        """A fresh model from the masks (coarse surfels when the coarse stage is on)."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        ds = self.dataset
+        reference = self.train_frames[0]
+        count = cfg.coarse_surfels if self.coarse_steps > 0 else cfg.model.num_surfels
+        init = init_from_masks(ds.frames, ds.masks, ds.cameras.viewmats, ds.cameras.Ks, count,
+                               reference=reference, grid=cfg.model.init_grid,
+                               depth_hint=cfg.model.depth_hint, seed=cfg.seed)
+        self.extent = float(init.extent)
+        canonical = CanonicalSurfels.from_points(to_torch(init.points), to_torch(init.normals),
+                                                 to_torch(init.colors), init.scale,
+                                                 opacity=0.7, sh_degree=cfg.model.sh_degree)
+        num_bones = cfg.model.num_bones
+        centers, radius = (None, 1.0)
+        if num_bones > 0:
+            bone_pts, radius = kmeans_bones(init.occupied, num_bones, seed=cfg.seed)
+            centers = to_torch(bone_pts)
+            num_bones = centers.shape[0]
+        key_times = self.times[self.train_frames]
+        cams = ds.cameras
+        self.model = DynamicSurfelModel.build(
+            canonical, self.times, key_times, to_torch(cams.viewmats), to_torch(cams.Ks),
+            ds.width, ds.height, num_bones=num_bones, bone_centers=centers, bone_radius=radius,
+            blend=cfg.model.blend, num_freqs=cfg.model.time_freqs, hidden=cfg.model.mlp_hidden,
+            rot_scale=cfg.model.bone_rot_scale, trans_scale=cfg.model.bone_trans_scale * self.extent,
+            refine_freqs=cfg.model.refine_freqs).to(self.device)
+        self.model.spec["extent"] = self.extent
+        self.strategy = DensifyPrune(cfg.strategy, self.extent, seed=cfg.seed)
+        self.step = 0
+        self._enter_stage(self.stage_at(0)[0], fresh=True)
+
+    def _enter_stage(self, name: str, fresh: bool) -> None:
+        if name == "full" and not fresh and self.coarse_steps > 0:
+            # Coarse -> full: split every coarse surfel into smaller children.
+            upsample(self.model.canonical, self.config.model.num_surfels, self.generator)
+            self.model.canonical.to(self.device)
+        self.stage_name = name
+        self.optimizer = self._build_optimizer(self.stage_at(self.step)[1])
+        self._neighbours = None
+        if self.strategy is not None:
+            self.strategy.reset(len(self.model.canonical), self.device)
+
+    def _build_optimizer(self, stage: StageConfig) -> Adam:
+        """Adam with one named group per parameter kind (order is fixed: checkpoints rely on it)."""
+        lr, m, ext = self.config.lr, self.model, self.extent
+        s = stage.lr_scale
+        c = m.canonical
+        groups = []
+
+        def add(name, params, value):
+            params = [p for p in params if p is not None]
+            if params and value > 0:
+                groups.append({"name": name, "params": params, "lr": value * s, "base_lr": value * s})
+
+        geometry_lr = 1.0 if stage.train_canonical else 0.0
+        add("means", [c.means], lr.means * ext * geometry_lr)
+        add("quats", [c.quats], lr.quats * geometry_lr)
+        add("log_scales", [c.log_scales], lr.log_scales * geometry_lr)
+        add("opacity", [c.opacity_logits], lr.opacity)
+        add("sh_dc", [c.sh_dc], lr.sh_dc)
+        if c.sh_rest.shape[1] > 0:
+            add("sh_rest", [c.sh_rest], lr.sh_rest)
+        if SKIN_EXTRA in c.extra_names:
+            add("skin_logits", [getattr(c, SKIN_EXTRA)], lr.skin_logits)
+        if REFINE_EXTRA in c.extra_names and stage.train_refine:
+            add("refine", [getattr(c, REFINE_EXTRA)], lr.refine)
+        bones = m.warp.bones
+        if isinstance(bones, GaussianBoneSkinning):
+            add("bone_mlp", list(bones.mlp.parameters()), lr.bone_mlp)
+            add("bone_centers", [bones.centers], lr.bone_centers * ext)
+            add("bone_shape", [bones.rest_quats, bones.log_radii], lr.bone_shape)
+        add("root_rot", [m.warp.root.rotvecs], lr.root_rot)
+        add("root_offsets", [m.warp.root.offsets], lr.root_offsets * ext)
+        add("focal", [m.log_focal], lr.focal)
+        return Adam(groups, eps=1e-15)
+
+    def _set_learning_rates(self, progress: float) -> None:
+        lr = self.config.lr
+        decay = lr.means_final / lr.means
+        for group in self.optimizer.param_groups:
+            if group["name"] == "means" and self.stage_name == "full":
+                group["lr"] = group["base_lr"] * decay ** progress
+            elif group["name"] == "bone_mlp" and self.stage_name == "full":
+                group["lr"] = group["base_lr"] * 0.1 ** progress
+
+    # Data ---------------------------------------------------------------------------------
+    def _scaled_data(self, scale: float) -> tuple[Tensor, Tensor]:
+        """(targets (F, h, w, 3), masks (F, h, w)) at ``scale`` x the dataset size (cached)."""
+        if scale not in self._scaled:
+            if scale == 1.0:
+                self._scaled[scale] = (self.targets, self.masks)
+            else:
+                h = max(1, round(self.dataset.height * scale))
+                w = max(1, round(self.dataset.width * scale))
+                img = F.interpolate(self.targets.permute(0, 3, 1, 2), size=(h, w), mode="area")
+                msk = F.interpolate(self.masks[:, None], size=(h, w), mode="area")
+                self._scaled[scale] = (img.permute(0, 2, 3, 1).contiguous(), msk[:, 0].contiguous())
+        return self._scaled[scale]
+
+    def _sample_frames(self, count: int) -> list[int]:
+        order = torch.randperm(len(self.train_frames), generator=self.generator)
+        return [self.train_frames[int(i)] for i in order[:count]]
+
+    # One step -----------------------------------------------------------------------------
+    def compute_losses(self, frames: list[int], stage: StageConfig, progress: float
+                       ) -> tuple[Tensor, dict[str, float], Tensor]:
+        """(total loss, per-term values, (len(frames),) per-frame photometric losses)."""
+        model, cfg = self.model, self.config
+        weights = weights_at(stage.losses, progress)
+        targets, masks = self._scaled_data(stage.resolution)
+        robust = self.robust.weights(frames) if cfg.robust_frames else torch.ones(len(frames))
+        terms: dict[str, Tensor] = {}
+
+        def add(name: str, value: Tensor) -> None:
+            terms[name] = terms.get(name, 0) + value / len(frames)
+
+        photo_values = []
+        psnrs = []
+        n = len(model.canonical)
+        need_rigid = weights.get("rigidity", 0) > 0 and n > 1
+        if need_rigid:
+            if self._neighbours is None or self._neighbours.shape[0] != n:
+                self._neighbours = motion.knn(model.canonical.means, cfg.knn)
+            rows = torch.randint(0, n, (min(cfg.rigidity_samples, n),), generator=self.generator)
+        for k, f in enumerate(frames):
+            t = self.times[f]
+            surfels, warp_q = model.warped_state(t, refine=stage.train_refine)
+            out = render(surfels, model.cameras([f], stage.resolution), backend=cfg.backend,
+                         background=self.background)
+            target, mask = targets[f:f + 1], masks[f:f + 1]
+            photo = photometric.photometric_per_image(out.rgb, target, stage.ssim_weight)
+            photo_values.append(photo.detach())
+            psnrs.append(photometric.psnr(out.rgb, target))
+            add("photo", photo.sum() * robust[k].to(photo))
+            if weights.get("mask", 0) > 0:
+                add("mask", geometry.mask_loss(out, mask).sum())
+            if weights.get("normal", 0) > 0:
+                add("normal", geometry.normal_consistency(out, mask).sum())
+            if weights.get("distortion", 0) > 0:
+                add("distortion", geometry.distortion_loss(out).sum())
+            if weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times):
+                add("flow", self._flow_term(surfels, f, stage.resolution, mask[0]))
+            if need_rigid:
+                rows_d = rows.to(self.device)
+                add("rigidity", motion.rigidity_loss(model.canonical.means, surfels.means, warp_q,
+                                                     rows_d, self._neighbours[rows_d]) / self.extent)
+        bones = model.warp.bones
+        if isinstance(bones, GaussianBoneSkinning):
+            if weights.get("bone_smooth", 0) > 0:
+                t = float(torch.rand((), generator=self.generator))
+                dt = 1.0 / max(len(self.times) - 1, 1)
+                samples = [bones.motion_params(min(max(t + d, 0.0), 1.0)) for d in (-dt, 0.0, dt)]
+                rot = motion.trajectory_smoothness(*(s[0] for s in samples))
+                trans = motion.trajectory_smoothness(*(s[1] for s in samples)) / self.extent ** 2
+                terms["bone_smooth"] = rot + trans
+            if weights.get("skin_smooth", 0) > 0 and need_rigid:
+                rows_d = rows.to(self.device)
+                residual = getattr(model.canonical, SKIN_EXTRA)
+                means = model.canonical.means.detach()
+                nb = self._neighbours[rows_d]
+                w_rows = bones.skinning_weights(means[rows_d], residual[rows_d])
+                w_nb = bones.skinning_weights(means[nb].reshape(-1, 3), residual[nb].reshape(-1, residual.shape[1]))
+                terms["skin_smooth"] = motion.skinning_smoothness(w_rows, w_nb.reshape(nb.shape + (-1,)))
+        if weights.get("root_smooth", 0) > 0:
+            root = model.warp.root
+            terms["root_smooth"] = (motion.keyframe_smoothness(root.rotvecs)
+                                    + motion.keyframe_smoothness(root.offsets) / self.extent ** 2)
+        total = sum(weights.get(name, 0.0) * value for name, value in terms.items())
+        values = {name: float(value.detach()) for name, value in terms.items()}
+        values["psnr"] = float(np.mean(psnrs))
+        return total, values, torch.cat(photo_values)
+
+    def _flow_term(self, surfels, f: int, scale: float, mask: Tensor) -> Tensor:
+        """Rendered flow f -> f+1 against the dataset's (DIS) flow, in pixels at ``scale``."""
+        from recon4d.losses.priors import flow_loss
+        from recon4d.train.flow import render_flow
+
+        means_next = self.model.surfels_at(self.times[f + 1], refine=False).means
+        cams = self.model.cameras([f], scale)
+        flow, _ = render_flow(surfels, means_next, cams, self.config.backend)
+        target = self.flow[f]
+        if target.shape[:2] != flow.shape[:2]:
+            target = F.interpolate(target.permute(2, 0, 1)[None], size=flow.shape[:2],
+                                   mode="bilinear", align_corners=False)[0].permute(1, 2, 0) * scale
+        return flow_loss(flow, target, mask)
+
+    def train_step(self) -> dict:
+        """One optimisation step at ``self.step``; returns the record it logs."""
+        name, stage, progress = self.stage_at(self.step)
+        if name != self.stage_name:
+            self._enter_stage(name, fresh=False)
+        self._set_learning_rates(progress)
+        frames = self._sample_frames(stage.frames_per_step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total, values, photo = self.compute_losses(frames, stage, progress)
+        record = {"step": self.step, "stage": name, "frames": frames}
+        finite = bool(torch.isfinite(total))
+        if finite:
+            total.backward()
+            finite = all(bool(torch.isfinite(p.grad).all()) for g in self.optimizer.param_groups
+                         for p in g["params"] if p.grad is not None)
+        if not finite:
+            # Skip the update entirely: no optimizer step, no strategy statistics.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            record["skipped"] = "non-finite loss or gradient"
+            console.warn(f"step {self.step}: non-finite loss or gradient, step skipped")
+            if self.bad_steps >= self.config.max_bad_steps:
+                self.run.log_metrics(record)
+                raise UserError(f"the fit diverged ({self.bad_steps} non-finite steps in a row at "
+                                f"step {self.step}): lower the learning rates or check the input "
+                                "frames and masks, then fit again")
+            return record
+        self.bad_steps = 0
+        self.robust.update(frames, photo)
+        if name == "full":
+            self.strategy.after_backward(self.model.canonical)
+        self.optimizer.step()
+        if name == "full":
+            local = self.step - self.coarse_steps
+            if self.strategy.step(self.model.canonical, self.optimizer, local, progress):
+                self._neighbours = None
+        record.update({"loss": float(total.detach()), **values, "num_surfels": len(self.model.canonical)})
+        return record
+
+    # Evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, indices: list[int]) -> float | None:
+        """Mean PSNR (dB) over ``indices`` at full resolution, input cameras, images composited
+        over the background with the mask (the evaluation protocol's held-out metric)."""
+        if not indices:
+            return None
+        values = []
+        for f in indices:
+            surfels = self.model.surfels_at(self.times[f])
+            out = render(surfels, self.model.cameras([f]), backend=self.config.backend,
+                         background=self.background)
+            values.append(photometric.psnr(out.rgb.clamp(0, 1), self.targets[f:f + 1]))
+        return float(np.mean(values))
+
+    # Checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "stage": self.stage_name,
+            "extent": self.extent,
+            "bad_steps": self.bad_steps,
+            "model_spec": self.model.full_spec(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "robust": self.robust.state_dict(),
+            "rng": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "config": to_jsonable(self.config),
+            # Neighbour lists are rebuilt only when rows change; saving them keeps a resumed
+            # run on exactly the same rigidity pairs as an uninterrupted one.
+            "neighbours": self._neighbours,
+        }
+
+    def save(self) -> None:
+        save_checkpoint(self.run.checkpoints, self.step, self.state())
+
+    def restore(self) -> bool:
+        """Load the latest checkpoint of the run; False when there is none."""
+        path = latest_checkpoint(self.run.checkpoints)
+        if path is None:
+            return False
+        state = load_checkpoint(path, map_location=str(self.device))
+        self.model = DynamicSurfelModel.from_state(state["model_spec"], state["model"]).to(self.device)
+        self.extent = float(state["extent"])
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.strategy = DensifyPrune(self.config.strategy, self.extent, seed=self.config.seed)
+        self.stage_name = str(state["stage"])
+        # The optimizer of the stage the checkpoint was taken in (same groups, same order).
+        stage = self.config.coarse if self.stage_name == "coarse" else self.config.full
+        self.optimizer = self._build_optimizer(stage)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.robust.load_state_dict(state["robust"])
+        self.generator.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self._neighbours = state.get("neighbours")
+        return True
+
+    # The loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> DynamicSurfelModel:
+        cfg = self.config
+        previous_threads = torch.get_num_threads()
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        try:
+            return self._fit(resume)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _fit(self, resume: bool) -> DynamicSurfelModel:
+        cfg = self.config
+        if not (resume and self.restore()):
+            self.initialise()
+        total = cfg.total_steps
+        if self.step >= total:
+            console.info(f"fit already complete at step {self.step}")
+            return self.model
+        console.info(f"fitting {len(self.train_frames)} frames "
+                     f"({self.dataset.width}x{self.dataset.height}) for {total} steps "
+                     f"from step {self.step} on {self.device}, backend {cfg.backend}")
+        start = time.monotonic()
+        cpu_start = time.process_time()
+        report_every = max(1, total // 10)
+        for _ in console.track(range(self.step, total), total=total - self.step, description="fit"):
+            record = self.train_step()
+            self.step += 1
+            record["time_s"] = round(time.monotonic() - start, 3)
+            record["cpu_s"] = round(time.process_time() - cpu_start, 3)
+            if "skipped" in record or record["step"] % cfg.log_every == 0 or self.step == total:
+                self.run.log_metrics(record)
+            if self.on_step is not None:
+                self.on_step(record["step"], self.model, record)
+            if "loss" in record and (self.step % report_every == 0):
+                console.info(f"step {self.step}/{total} [{record['stage']}] loss {record['loss']:.4f} "
+                             f"psnr {record['psnr']:.2f} dB, {record['num_surfels']} surfels")
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                held = self.evaluate(self.dataset.test_indices())
+                if held is not None:
+                    self.run.log_metrics({"step": self.step, "heldout_psnr": held})
+            if self.step % cfg.checkpoint_every == 0 and self.step < total:
+                self.save()
+        self.save()
+        elapsed = time.monotonic() - start
+        # CPU seconds of this process: on a shared machine wall time measures the neighbours.
+        summary = {"steps": self.step, "fit_seconds": round(elapsed, 1),
+                   "cpu_seconds": round(time.process_time() - cpu_start, 1),
+                   "threads": torch.get_num_threads(),
+                   "num_surfels": len(self.model.canonical),
+                   "train_psnr": self.evaluate(self.train_frames)}
+        if not cfg.all_frames:
+            summary["heldout_psnr"] = self.evaluate(self.dataset.test_indices())
+        self.run.log_metrics({"step": self.step, "final": True, **{k: v for k, v in summary.items()
+                                                                   if v is not None}})
+        self.run.update_metrics({"fit": summary})
+        console.info("fit done in {:.0f}s: train PSNR {:.2f} dB{}".format(
+            elapsed, summary["train_psnr"] or math.nan,
+            f", held-out PSNR {summary['heldout_psnr']:.2f} dB" if summary.get("heldout_psnr") else ""))
+        return self.model

@@ -1,0 +1,302 @@
+"""Training: strategy keeps rows aligned, a tiny CPU fit writes a loadable run, kill + resume,
+NaN handling, CLI errors. Data: a synthetic textured ball, ray-cast here with numpy (independent
+of recon4d's renderer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recon4d.cli.main import main
+from recon4d.data.dataset import CameraSet, write_dataset
+from recon4d.errors import UserError
+from recon4d.model import load_run
+from recon4d.model.canonical import CanonicalSurfels
+from recon4d.model.protocol import DynamicScene
+from recon4d.model.scene import DynamicSurfelModel
+from recon4d.rundir import RunDir
+from recon4d.train import fit
+from recon4d.train.config import (StrategyConfig, apply_overrides, config_from_dict, preset,
+                                  scale_for_resolution)
+from recon4d.train.optim import Adam
+from recon4d.train.strategy import DensifyPrune, edit_rows
+from recon4d.utils.checkpoint import latest_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_ball_dataset(out: Path, size: int = 32, frames: int = 8) -> Path:
+    """A checker-textured ball moving sideways and spinning, seen by a fixed camera at 2.7."""
+    focal = size / 2 / np.tan(np.deg2rad(20))
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    dirs = np.stack([(xs - size / 2) / focal, (ys - size / 2) / focal, np.ones_like(xs)], -1)
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    images, masks = [], []
+    radius = 0.45
+    for i in range(frames):
+        t = i / (frames - 1)
+        centre = np.array([0.25 * (t - 0.5), 0.0, 2.7])
+        # Ray-sphere intersection: |s d - c|^2 = r^2.
+        b = dirs @ centre
+        disc = b ** 2 - (centre @ centre - radius ** 2)
+        hit = disc > 0
+        s = b - np.sqrt(np.maximum(disc, 0))
+        p = dirs * s[..., None] - centre
+        angle = np.arctan2(p[..., 0], p[..., 2]) + 1.2 * t  # spin about the vertical axis
+        lat = np.arcsin(np.clip(p[..., 1] / radius, -1, 1))
+        checker = ((np.floor(angle / (np.pi / 4)) + np.floor(lat / (np.pi / 6))) % 2)[..., None]
+        color = checker * np.array([0.9, 0.3, 0.1]) + (1 - checker) * np.array([0.1, 0.4, 0.9])
+        img = np.where(hit[..., None], color, 1.0)
+        images.append(img.astype(np.float32))
+        masks.append(hit.astype(np.float32))
+    view = np.eye(4)
+    K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
+    cams = CameraSet(np.repeat(view[None], frames, 0), np.repeat(K[None], frames, 0), "fixed")
+    return write_dataset(out, np.stack(images), np.stack(masks), np.linspace(0, 1, frames), cams,
+                         {"type": "synthetic-ball"}, "synthetic")
+
+
+@pytest.fixture(scope="module")
+def ball(tmp_path_factory) -> Path:
+    return make_ball_dataset(tmp_path_factory.mktemp("ball") / "dataset")
+
+
+def _tiny(**extra):
+    return apply_overrides(preset("test"), {"backend": "auto", **extra})
+
+
+def test_two_step_fit_writes_a_run_that_loads_back(ball, tmp_path):
+    config = _tiny(coarse_surfels=0, **{"full.steps": 2, "checkpoint_every": 100})
+    run_dir = fit(ball, tmp_path / "run", config=config)
+    run = RunDir(run_dir)
+    saved = run.read_config()
+    assert saved["full"]["steps"] == 2 and config_from_dict(saved) == scale_for_resolution(config, 32, 32)
+    records = run.read_metrics_log()
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [0, 1]
+    assert all(np.isfinite(r["loss"]) and r["psnr"] > 5 for r in steps)
+    assert records[-1]["final"] and "heldout_psnr" in records[-1]
+    assert "fit" in run.read_metrics() and latest_checkpoint(run.checkpoints).name == "step_0000002.pt"
+    assert (run.dataset / "manifest.json").is_file()
+    model = load_run(run_dir)
+    assert isinstance(model, DynamicScene)
+    assert model.num_bones == 4 and model.frame_times.shape == (8,)
+    assert model.skinning_weights(model.canonical.means.detach()).shape == (len(model.canonical), 4)
+    surfels = model.surfels_at(0.5)
+    assert surfels.means.shape == (len(model.canonical), 3)
+    assert torch.isfinite(surfels.means).all()
+    assert model.input_cameras().viewmats.shape == (8, 4, 4)
+
+
+def test_strategy_keeps_extras_and_optimizer_state_aligned():
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    canon = CanonicalSurfels.from_points(torch.randn(n, 3, generator=g), torch.randn(n, 3, generator=g),
+                                         torch.rand(n, 3, generator=g), 0.05)
+    model = DynamicSurfelModel.build(canon, torch.linspace(0, 1, 4), torch.linspace(0, 1, 4),
+                                     torch.eye(4).repeat(4, 1, 1), torch.eye(3).repeat(4, 1, 1),
+                                     8, 8, num_bones=3, bone_centers=torch.zeros(3, 3),
+                                     bone_radius=1.0, refine_freqs=2)
+    ids = torch.arange(n, dtype=torch.float32)
+    rows = canon.row_parameters()
+    opt = Adam([{"params": [p], "name": k, "lr": 1e-3} for k, p in rows.items()])
+    for p in rows.values():
+        p.grad = torch.ones_like(p)
+    opt.step()  # creates the Adam state; the rows are tagged with their id afterwards
+    with torch.no_grad():
+        canon.sh_dc[:, 0, 0] = ids
+        canon.skin_logits[:, 0] = ids
+        canon.refine_coeffs[:, 0, 0] = ids
+        canon.opacity_logits[:] = 0.0
+        canon.opacity_logits[:50] = -10.0            # these get pruned
+        canon.log_scales[::3] += 2.0                  # these are large: split, not cloned
+    for p in rows.values():  # Adam moments tagged with the row id
+        opt.state[p]["exp_avg"] = ids.reshape((-1,) + (1,) * (p.ndim - 1)).expand_as(p).clone()
+    strategy = DensifyPrune(StrategyConfig(start=0.0, every=1, grow_fraction=0.2, max_surfels=1000),
+                            extent=1.0)
+    strategy.reset(n)
+    canon.means.grad = torch.rand(n, 3, generator=g)
+    strategy.after_backward(canon)
+    assert strategy.step(canon, opt, step=1, progress=0.5)
+    m = len(canon)
+    tag = canon.sh_dc[:, 0, 0].detach()
+    assert m != n and not torch.isin(torch.arange(50.0), tag).any()  # pruned rows are gone
+    assert torch.equal(canon.skin_logits[:, 0].detach(), tag)
+    assert torch.equal(canon.refine_coeffs[:, 0, 0].detach(), tag)
+    for name, p in canon.row_parameters().items():
+        assert p.shape[0] == m, name
+        group_params = [q for grp in opt.param_groups for q in grp["params"]]
+        assert any(q is p for q in group_params), f"{name} not in the optimizer"
+        moment = opt.state[p]["exp_avg"]
+        assert moment.shape == p.shape
+        if p[0].numel() == 0:  # sh_rest at degree 0 has no columns
+            continue
+        kept = moment.reshape(m, -1)[:, 0]
+        # Surviving rows keep their moments; appended rows start at zero.
+        survivors = kept != 0
+        assert torch.equal(kept[survivors], tag[survivors])
+    edit_rows(canon, opt, torch.arange(10))
+    assert all(p.shape[0] == 10 for p in canon.row_parameters().values())
+
+
+def test_adam_matches_torch_and_round_trips_its_state():
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(5, 3, generator=g)
+    ours_p = torch.nn.Parameter(start.clone())
+    ref_p = torch.nn.Parameter(start.clone())
+    ours = Adam([{"name": "x", "params": [ours_p], "lr": 0.05}], eps=1e-8)
+    ref = torch.optim.Adam([ref_p], lr=0.05, eps=1e-8)
+    for _ in range(5):
+        for p, opt in ((ours_p, ours), (ref_p, ref)):
+            opt.zero_grad()
+            ((p - 1.0) ** 4).sum().backward()
+            opt.step()
+    assert torch.allclose(ours_p, ref_p, atol=1e-6)
+    again = Adam([{"name": "x", "params": [ours_p], "lr": 0.0}])
+    again.load_state_dict(ours.state_dict())
+    assert again.param_groups[0]["step"] == 5 and again.param_groups[0]["lr"] == 0.05
+    assert torch.equal(again.state[ours_p]["exp_avg"], ours.state[ours_p]["exp_avg"])
+
+
+def test_non_finite_steps_are_skipped_then_divergence_stops(ball, tmp_path, monkeypatch):
+    from recon4d.train import trainer as trainer_mod
+
+    original = trainer_mod.Trainer.compute_losses
+    poisoned = {1}
+
+    def flaky(self, frames, stage, progress):
+        total, values, photo = original(self, frames, stage, progress)
+        if self.step in poisoned or "all" in poisoned:
+            total = total * float("nan")
+        return total, values, photo
+
+    monkeypatch.setattr(trainer_mod.Trainer, "compute_losses", flaky)
+    config = _tiny(coarse_surfels=0, **{"full.steps": 3, "checkpoint_every": 100})
+    run_dir = fit(ball, tmp_path / "flaky", config=config)
+    records = RunDir(run_dir).read_metrics_log()
+    assert [r["step"] for r in records if "skipped" in r] == [1]
+    model = load_run(run_dir)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    poisoned.add("all")
+    config = _tiny(coarse_surfels=0, max_bad_steps=3, **{"full.steps": 10})
+    with pytest.raises(UserError, match="diverged"):
+        fit(ball, tmp_path / "diverged", config=config)
+
+
+_FIT_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from recon4d.train import fit
+    from recon4d.train.config import apply_overrides, preset
+    dataset, run_dir, kill_at, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+    config = apply_overrides(preset("test"), {"coarse.steps": 3, "full.steps": 7,
+                                              "checkpoint_every": 4})
+    def on_step(step, model, metrics):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    fit(dataset, run_dir, config=config, resume=resume, on_step=on_step)
+""")
+
+
+def _fit_subprocess(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", _FIT_SCRIPT, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_mid_fit_then_resume_matches_an_uninterrupted_run(ball, tmp_path):
+    config = apply_overrides(preset("test"), {"coarse.steps": 3, "full.steps": 7,
+                                              "checkpoint_every": 4})
+    fit(ball, tmp_path / "straight", config=config)  # the same settings as the script's
+    killed = _fit_subprocess(ball, tmp_path / "killed", 6, 0)
+    assert killed.returncode == -9  # SIGKILL: no chance to clean up
+    assert latest_checkpoint(tmp_path / "killed" / "checkpoints").name == "step_0000004.pt"
+    resumed = _fit_subprocess(ball, tmp_path / "killed", -1, 1)
+    assert resumed.returncode == 0, resumed.stderr
+    a = RunDir(tmp_path / "straight").read_metrics()["fit"]
+    b = RunDir(tmp_path / "killed").read_metrics()["fit"]
+    assert a["steps"] == b["steps"] == 10
+    assert abs(a["train_psnr"] - b["train_psnr"]) < 0.2, (a, b)
+    final = [r for r in RunDir(tmp_path / "killed").read_metrics_log() if "loss" in r]
+    straight_log = [r for r in RunDir(tmp_path / "straight").read_metrics_log() if "loss" in r]
+    assert final[-1]["step"] == straight_log[-1]["step"] == 9
+    assert abs(final[-1]["loss"] - straight_log[-1]["loss"]) < 0.05 * straight_log[-1]["loss"], \
+        (final[-1], straight_log[-1])
+    ma, mb = load_run(tmp_path / "straight"), load_run(tmp_path / "killed")
+    assert len(ma.canonical) == len(mb.canonical)
+    assert torch.allclose(ma.canonical.means, mb.canonical.means, atol=1e-3)
+
+
+def test_fit_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_fit_cli_runs_on_a_dataset(ball, tmp_path):
+    out = tmp_path / "cli"
+    assert main(["fit", str(ball), "--out", str(out), "--preset", "test", "--steps", "1",
+                 "--blend", "lbs", "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["model"]["blend"] == "lbs" and saved["config"]["full"]["steps"] == 1
+    assert load_run(out).warp.bones.blend == "lbs"
+
+
+def test_rendered_flow_reads_back_the_surfel_motion():
+    from recon4d.render.types import Cameras, Surfels
+    from recon4d.train.flow import render_flow
+
+    means = torch.tensor([[0.0, 0.0, 2.0], [0.3, 0.2, 2.5]])
+    quats = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    surfels = Surfels(means, quats, torch.full((2, 2), 0.08), torch.tensor([0.99, 0.99]),
+                      torch.zeros(2, 1, 3))
+    shift = torch.tensor([[0.05, 0.0, 0.0], [0.0, -0.04, 0.0]])
+    cams = Cameras(torch.eye(4)[None], torch.tensor([[[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]]]), 64, 64)
+    flow, alpha = render_flow(surfels, means + shift, cams)
+    # Pixel at the first surfel's centre moves by fx * dx / z; the second one's by fy * dy / z.
+    assert alpha[32, 32] > 0.9 and alpha[36, 39] > 0.9
+    assert torch.allclose(flow[32, 32], torch.tensor([60 * 0.05 / 2.0, 0.0]), atol=1e-3)
+    assert torch.allclose(flow[36, 39], torch.tensor([0.0, -60 * 0.04 / 2.5]), atol=1e-3)
+
+
+def test_config_overrides_and_json_round_trip():
+    config = apply_overrides(preset("cpu-fast"), {"full.losses.normal": 0.0, "model.blend": "lbs",
+                                                  "coarse_surfels": 0})
+    assert config.full.losses["normal"] == 0.0 and config.full.losses["photo"] == 1.0
+    assert config.model.blend == "lbs" and config.total_steps == config.full.steps
+    again = config_from_dict(json.loads(json.dumps(_jsonable(config))))
+    assert again == config
+    with pytest.raises(ValueError, match="full.stepz"):
+        apply_overrides(config, {"full.stepz": 3})
+
+
+def test_budgets_scale_with_image_area_once():
+    base = preset("cpu-fast")
+    same = scale_for_resolution(base, 128, 128)
+    assert same.full.steps == base.full.steps and same.resolution_scaling == 1.0
+    big = scale_for_resolution(base, 256, 256)  # 4x the area, capped at 2x the budget
+    assert big.full.steps == 2 * base.full.steps
+    assert big.model.num_surfels == 2 * base.model.num_surfels
+    assert big.strategy.max_surfels == 2 * base.strategy.max_surfels
+    assert scale_for_resolution(big, 256, 256) == big  # a resumed run does not grow again
+
+
+def _jsonable(config):
+    from recon4d.rundir import to_jsonable
+
+    return to_jsonable(config)
+
+
+def test_fit_refuses_to_overwrite_a_finished_run(ball, tmp_path):
+    config = _tiny(coarse_surfels=0, **{"full.steps": 1})
+    fit(ball, tmp_path / "run", config=config)
+    with pytest.raises(UserError, match="already holds a fit"):
+        fit(ball, tmp_path / "run", config=config)
