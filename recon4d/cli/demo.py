@@ -49,8 +49,10 @@ def run(config: Config) -> int:
     info("demo 2/4: fitting dynamic Gaussian surfels")
     from recon4d.train import fit
 
-    run_dir = Path(fit(scene_dir, out / "run", preset=config.preset, backend=config.backend,
-                       steps=config.steps))
+    overrides = {"backend": config.backend}
+    if config.steps is not None:
+        overrides["full.steps"] = int(config.steps)
+    run_dir = Path(fit(scene_dir, out / "run", preset=config.preset, overrides=overrides))
 
     info("demo 3/4: exporting the skinned GLB and the videos")
     from recon4d.export.exporter import export_run
@@ -60,20 +62,26 @@ def run(config: Config) -> int:
     info("demo 4/4: evaluating against the ground truth")
     from recon4d.eval import evaluate_run
 
-    metrics = evaluate_run(run_dir, gt_dir=scene_dir)
+    from recon4d.eval.evaluate import EvalOptions
+
+    evaluation = evaluate_run(run_dir, gt_dir=scene_dir, options=EvalOptions(backend=config.backend))
+    metrics = evaluation.get("summary", {})
     elapsed = time.monotonic() - start
 
     def show(value: object) -> str:
-        return f"{value:.2f}" if isinstance(value, float) else str(value)
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     print(f"\nrecon4d demo finished in {elapsed / 60:.1f} min")
     print(f"  run directory : {run_dir}")
     for name, path in sorted(_flatten(written)):
         print(f"  {name:<14}: {path}")
     print(f"  metrics       : {run_dir / 'metrics.json'}")
-    for key in ("test_psnr", "test_ssim", "novel_view_psnr", "chamfer_l1", "f_score"):
-        if key in metrics:
-            print(f"    {key:<18} {show(metrics[key])}")
+    labels = {"psnr_heldout": "held-out PSNR (dB)", "ssim_heldout": "held-out SSIM",
+              "psnr_novel": "novel-view PSNR (dB)", "chamfer_l1": "Chamfer-L1 (/ diag)",
+              "normal_consistency": "normal consistency", "fscore": "F-score @1% diag"}
+    for key, label in labels.items():
+        if metrics.get(key) is not None:
+            print(f"    {label:<22} {show(metrics[key])}")
     print(f"  view it       : recon4d view {run_dir}")
     return 0
 
