@@ -416,7 +416,7 @@ def test_stale_build_lock_does_not_block(native_cpu, tmp_path):
         proc = _python("""
             from recon4d.render.native import native_available
             print(native_available("cpu"))
-        """, dict(os.environ), timeout=60)
+        """, dict(os.environ), timeout=600)  # generous: a fresh clone may rebuild on a busy CPU
     finally:
         lock.unlink(missing_ok=True)
     assert proc.returncode == 0, proc.stderr
