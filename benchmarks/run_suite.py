@@ -33,7 +33,8 @@ DEFAULT_CLIPS = ["hiphop_parrot", "wave_hello", "green_robot", "pecking_blue_jay
 
 COLUMNS = [  # (header, key in the row, format)
     ("item", "name", "{}"), ("kind", "kind", "{}"), ("frames", "frames", "{}"),
-    ("px", "resolution", "{}"), ("fit s", "fit_seconds", "{:.0f}"),
+    ("px", "resolution", "{}"), ("preset", "preset", "{}"), ("steps", "steps", "{}"),
+    ("fit s", "fit_seconds", "{:.0f}"),
     ("export s", "export_seconds", "{:.0f}"), ("eval s", "eval_seconds", "{:.0f}"),
     ("PSNR held-out", "psnr_heldout", "{:.2f}"), ("SSIM held-out", "ssim_heldout", "{:.3f}"),
     ("PSNR novel", "psnr_novel", "{:.2f}"), ("Chamfer-L1 %diag", "chamfer_pct", "{:.2f}"),
@@ -180,12 +181,32 @@ def run_item(item: dict, args, work: Path, overrides: dict) -> dict:
         with open(run_dir / "dataset" / "manifest.json", encoding="utf-8") as handle:
             manifest = json.load(handle)
         row["frames"], row["resolution"] = manifest["num_frames"], manifest["width"]
+        row.update(_fit_settings(run_dir))
         row["status"] = "ok" if row.get("export_rc", 0) == 0 else f"export rc {row['export_rc']}"
     except Exception as exc:  # noqa: BLE001 - one item's failure must not stop the suite
         row["status"] = f"failed: {type(exc).__name__}: {exc}"[:200]
         row["traceback"] = traceback.format_exc()
     row["run_dir"] = str(run_dir)
     return row
+
+
+def _fit_settings(run_dir: Path) -> dict:
+    """Preset, coarse+full steps and threads as the fit recorded them (after resolution scaling)."""
+    try:
+        with open(run_dir / "config.json", encoding="utf-8") as handle:
+            cfg = json.load(handle)["config"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return {}
+    coarse, full = cfg.get("coarse", {}).get("steps"), cfg.get("full", {}).get("steps")
+    return {"preset": cfg.get("preset"), "coarse_steps": coarse, "full_steps": full,
+            "steps": f"{coarse}+{full}" if coarse is not None else full,
+            "fit_threads": cfg.get("num_threads")}
+
+
+def merge_rows(rows: list[dict], previous: list[dict]) -> list[dict]:
+    """Rows of earlier invocations (``--merge``) followed by this run's; a re-run item replaces its old row."""
+    names = {r["name"] for r in rows}
+    return [r for r in previous if r.get("name") not in names] + rows
 
 
 def format_table(rows: list[dict], markdown: bool) -> str:
@@ -215,7 +236,10 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     clean = [{k: v for k, v in r.items() if k != "traceback"} for r in rows]
-    atomic_write_json(out_dir / "suite.json", {"meta": meta, "rows": clean})
+    payload = {"meta": meta, "rows": clean}
+    if meta.get("merged"):
+        payload["merged"] = meta["merged"]
+    atomic_write_json(out_dir / "suite.json", payload)
     m = meta["machine"]
     md = [
         "# recon4d benchmark suite",
@@ -227,6 +251,10 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
         f"- renderer backend: {meta['backend']}; preset: {meta['preset']}; seed: {meta['seed']}"
         + (f"; fit overrides: {meta['fit_overrides']}" if meta["fit_overrides"] else ""),
         f"- command: `{meta['command']}`",
+        *[f"- merged rows from an earlier invocation: `{c}" for c in meta.get("merged", [])],
+        "",
+        "Wall times are seconds on this machine (shared with other jobs; fit threads per row in "
+        "suite.json). steps = coarse+full stage steps as the fit ran them (after resolution scaling).",
         "",
         "PSNR/SSIM over white on held-out frames (index % 4 == 2) and, for synthetic scenes, from "
         "held-out cameras; Chamfer-L1 between surface samples in % of the ground-truth bbox "
@@ -259,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="scenes and run directories (runs/ is git-ignored)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true", help="no progress lines from the steps")
+    parser.add_argument("--merge", type=Path, action="append", default=[], metavar="SUITE_JSON",
+                        help="keep the rows of an earlier suite.json (repeatable); items run now replace "
+                             "rows of the same name")
     parser.add_argument("--dry-run", action="store_true",
                         help="check scenes, clips and imports, print the plan, run nothing")
     args = parser.parse_args(argv)
@@ -292,6 +323,18 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    previous = []
+    merged = []
+    for path in args.merge:
+        with open(path, encoding="utf-8") as handle:
+            old = json.load(handle)
+        old_rows = [{**_fit_settings(Path(r["run_dir"])), **r} if r.get("run_dir") else r
+                    for r in old.get("rows", [])]  # rows written before preset/steps were recorded
+        previous = merge_rows(old_rows, previous)  # a later --merge file wins
+        old_meta = old.get("meta", {})
+        merged += old.get("merged", []) + [f"{old_meta.get('command', str(path))}` (commit "
+                                           f"`{old_meta.get('commit', '?')}`, {old_meta.get('date', '?')})"]
+    meta["merged"] = merged
     rows = []
     for item in items:
         if not item["ready"]:
@@ -302,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         if row.get("traceback"):
             print(row["traceback"], file=sys.stderr)
         rows.append(row)
-        write_results(rows, meta, args.results)  # partial results survive a crash later on
-    print(format_table(rows, markdown=False))
-    write_results(rows, meta, args.results)
+        write_results(merge_rows(rows, previous), meta, args.results)  # partial results survive a crash
+    all_rows = merge_rows(rows, previous)
+    print(format_table(all_rows, markdown=False))
+    write_results(all_rows, meta, args.results)
     print(f"results: {args.results / 'suite.md'}, {args.results / 'suite.json'}")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
