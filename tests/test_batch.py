@@ -319,6 +319,13 @@ def test_cli_batch_killed_midway_resumes(tmp_path, clips_dir):
         assert read_state(out, job["name"])["status"] == "done"
 
 
+def _default_sigint() -> None:
+    """Give the child a terminal's SIGINT handling: an ignored SIGINT (left by anything imported
+    into the test process) is inherited across exec, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_running_jobs(tmp_path, clips_dir):
     manifest = _write_csv(tmp_path / "batch.csv", [{"input": clips_dir / "dolphin.mp4"}])
     out = tmp_path / "out"
@@ -326,7 +333,8 @@ def test_ctrl_c_stops_running_jobs(tmp_path, clips_dir):
                RECON4D_TEST_JOB_DELAY="120")
     proc = subprocess.Popen([sys.executable, "-m", "recon4d", "batch", str(manifest), "--out", str(out),
                              "--job", "test_batch:ingest_job"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 60
         while (read_state(out, "dolphin") or {}).get("status") != "running":
