@@ -13,30 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def quat_wxyz_to_matrix(wxyz: np.ndarray) -> np.ndarray:
-    """(4,) wxyz quaternion (any non-zero norm) -> (3, 3) rotation matrix."""
-    w, x, y, z = np.asarray(wxyz, np.float64) / np.linalg.norm(wxyz)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def matrix_to_quat_wxyz(rot: np.ndarray) -> np.ndarray:
-    """(3, 3) rotation matrix -> (4,) unit wxyz quaternion with w >= 0."""
-    m = np.asarray(rot, np.float64)
-    trace = np.trace(m)
-    options = np.array([
-        [1 + trace, m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]],
-        [m[2, 1] - m[1, 2], 1 + m[0, 0] - m[1, 1] - m[2, 2], m[0, 1] + m[1, 0], m[0, 2] + m[2, 0]],
-        [m[0, 2] - m[2, 0], m[0, 1] + m[1, 0], 1 - m[0, 0] + m[1, 1] - m[2, 2], m[1, 2] + m[2, 1]],
-        [m[1, 0] - m[0, 1], m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], 1 - m[0, 0] - m[1, 1] + m[2, 2]],
-    ])
-    q = options[int(np.argmax([trace, m[0, 0], m[1, 1], m[2, 2]]))]
-    q = q / np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+# Shared numpy rotation helpers (one implementation for the exporter and the viewer).
+from recon4d.export.transforms import matrix_to_quat_wxyz, quat_wxyz_to_matrix  # noqa: F401
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recon4d.render.camera_space import quat_to_rotmat  # noqa: F401  (one implementation, shared with the renderer)
+
 
 def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
     """Hamilton product a * b of (..., 4) wxyz quaternions (rotation b first, then a)."""
@@ -23,17 +25,6 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
 
 def quat_conjugate(q: Tensor) -> Tensor:
     return q * torch.tensor([1.0, -1.0, -1.0, -1.0], dtype=q.dtype, device=q.device)
-
-
-def quat_to_rotmat(q: Tensor) -> Tensor:
-    """(..., 4) wxyz quaternion (normalised here) -> (..., 3, 3) rotation matrix."""
-    q = torch.nn.functional.normalize(q, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(q.shape[:-1] + (3, 3))
 
 
 def rotmat_to_quat(m: Tensor) -> Tensor:
