@@ -116,6 +116,19 @@ void bin_surfels(const std::vector<T>& packed, const std::vector<uint8_t>& valid
 
 }  // namespace
 
+// Pixel centres and camera-space ray directions (z = 1) of one tile's tile*tile pixels, row
+// major. Forward and backward call the same function so both intersect exactly the same rays.
+template <typename T>
+void tile_rays(const Intrinsics<T>& k, int x0, int y0, int tile, T* pxs, T* pys, T* dxs,
+               T* dys) {
+  for (int q = 0; q < tile * tile; ++q) {
+    pxs[q] = T(x0 + q % tile) + T(0.5);
+    pys[q] = T(y0 + q / tile) + T(0.5);
+    dxs[q] = (pxs[q] - k.cx) / k.fx;
+    dys[q] = (pys[q] - k.cy) / k.fy;
+  }
+}
+
 template <typename T>
 void rasterize_forward(const T* means, const T* tu, const T* tv, const T* opacities,
                        const T* colors, const T* normals, const T* Ks, int C, int N, int width,
@@ -145,6 +158,7 @@ void rasterize_forward(const T* means, const T* tu, const T* tv, const T* opacit
       const int x0 = (tid % tiles_x) * tile;
       const int y0 = (tid / tiles_x) * tile;
       const Intrinsics<T> k(Ks + 9 * c);
+      tile_rays(k, x0, y0, tile, pxs.data(), pys.data(), dxs.data(), dys.data());
       int active = 0;
       for (int q = 0; q < P; ++q) {
         const int x = x0 + q % tile, y = y0 + q / tile;
@@ -154,10 +168,6 @@ void rasterize_forward(const T* means, const T* tu, const T* tv, const T* opacit
         medp[q] = -1;
         done[q] = (x < width && y < height) ? 0 : 1;
         active += 1 - done[q];
-        pxs[q] = T(x) + T(0.5);
-        pys[q] = T(y) + T(0.5);
-        dxs[q] = (pxs[q] - k.cx) / k.fx;
-        dys[q] = (pys[q] - k.cy) / k.fy;
       }
       std::fill(acc.begin(), acc.end(), T(0));
       const int32_t begin = offsets[t], end = offsets[t + 1];
@@ -244,13 +254,10 @@ void rasterize_backward(const T* means, const T* tu, const T* tv, const T* opaci
       const int x0 = (tid % tiles_x) * tile;
       const int y0 = (tid / tiles_x) * tile;
       const Intrinsics<T> k(Ks + 9 * c);
+      tile_rays(k, x0, y0, tile, pxs.data(), pys.data(), dxs.data(), dys.data());
       int max_last = 0;
       for (int q = 0; q < P; ++q) {
         const int x = x0 + q % tile, y = y0 + q / tile;
-        pxs[q] = T(x) + T(0.5);
-        pys[q] = T(y) + T(0.5);
-        dxs[q] = (pxs[q] - k.cx) / k.fx;
-        dys[q] = (pys[q] - k.cy) / k.fy;
         accG[q] = T(0);
         if (x >= width || y >= height) {
           lastp[q] = 0;
