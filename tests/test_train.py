@@ -300,3 +300,17 @@ def test_fit_refuses_to_overwrite_a_finished_run(ball, tmp_path):
     fit(ball, tmp_path / "run", config=config)
     with pytest.raises(UserError, match="already holds a fit"):
         fit(ball, tmp_path / "run", config=config)
+
+
+def test_frames_are_visited_in_shuffled_epochs(ball, tmp_path):
+    """Every training frame comes up once per pass (no frame starved by chance), in a
+    shuffled order, and held-out frames never."""
+    config = _tiny(coarse_surfels=0, **{"full.steps": 18, "checkpoint_every": 100})
+    run_dir = fit(ball, tmp_path / "epochs", config=config)
+    steps = [r for r in RunDir(run_dir).read_metrics_log() if "frames" in r and r["stage"] == "full"]
+    visited = [f for r in steps for f in r["frames"]]
+    train = [i for i in range(8) if i % 4 != 2]
+    assert len(visited) == 18
+    passes = [visited[i:i + len(train)] for i in range(0, 18, len(train))]
+    assert all(sorted(p) == train for p in passes)
+    assert passes[0] != passes[1] or passes[1] != passes[2]  # shuffled anew each pass

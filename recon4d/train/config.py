@@ -67,6 +67,9 @@ class LearningRates:
     focal: float = 2e-5
     """Small on purpose: with a fixed camera, focal length and object size trade off almost
     freely, and Adam turns that flat direction into a steady drift at any larger rate."""
+    final_ratio: float = 0.1
+    """Every rate but ``means`` (see ``means_final``) and ``focal`` decays exponentially to this
+    fraction of itself over the full stage."""
 
 
 @dataclass

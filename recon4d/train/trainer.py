@@ -89,6 +89,7 @@ class Trainer:
             else:
                 self.flow = torch.as_tensor(loaded[0], device=self.device)  # (F-1, H, W, 2)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self._frame_queue: list[int] = []
         self.robust = FrameWeights(dataset.num_frames, tolerance=config.robust_tolerance)
         self.model: DynamicSurfelModel | None = None
         self.optimizer: Adam | None = None
@@ -192,13 +193,19 @@ class Trainer:
         return Adam(groups, eps=1e-15)
 
     def _set_learning_rates(self, progress: float) -> None:
+        """Exponential decay over the full stage: means to ``means_final``, every other group
+        (focal excepted: it is already tiny) to ``final_ratio`` of its rate. Without the decay
+        the last frames seen win: with one frame per step, constant rates leave the shared
+        parameters tuned to whichever frames came last."""
+        if self.stage_name != "full":
+            return
         lr = self.config.lr
-        decay = lr.means_final / lr.means
+        means_decay = lr.means_final / lr.means
         for group in self.optimizer.param_groups:
-            if group["name"] == "means" and self.stage_name == "full":
-                group["lr"] = group["base_lr"] * decay ** progress
-            elif group["name"] == "bone_mlp" and self.stage_name == "full":
-                group["lr"] = group["base_lr"] * 0.1 ** progress
+            if group["name"] == "means":
+                group["lr"] = group["base_lr"] * means_decay ** progress
+            elif group["name"] != "focal":
+                group["lr"] = group["base_lr"] * lr.final_ratio ** progress
 
     # Data ---------------------------------------------------------------------------------
     def _scaled_data(self, scale: float) -> tuple[Tensor, Tensor]:
@@ -215,8 +222,18 @@ class Trainer:
         return self._scaled[scale]
 
     def _sample_frames(self, count: int) -> list[int]:
-        order = torch.randperm(len(self.train_frames), generator=self.generator)
-        return [self.train_frames[int(i)] for i in order[:count]]
+        """The next ``count`` training frames of a shuffled pass over all of them (epochs, not
+        independent draws): every frame is visited equally often, so no frame's root pose or
+        appearance is left behind by chance near the end of the fit."""
+        picked: list[int] = []
+        while len(picked) < min(count, len(self.train_frames)):
+            if not self._frame_queue:
+                order = torch.randperm(len(self.train_frames), generator=self.generator)
+                self._frame_queue = [self.train_frames[int(i)] for i in order]
+            frame = self._frame_queue.pop()
+            if frame not in picked:  # at an epoch boundary a frame may come up twice in a step
+                picked.append(frame)
+        return picked
 
     # One step -----------------------------------------------------------------------------
     def compute_losses(self, frames: list[int], stage: StageConfig, progress: float
@@ -368,6 +385,7 @@ class Trainer:
             "strategy": self.strategy.state_dict(),
             "robust": self.robust.state_dict(),
             "rng": self.generator.get_state(),
+            "frame_queue": list(self._frame_queue),
             "torch_rng": torch.get_rng_state(),
             "config": to_jsonable(self.config),
             # Neighbour lists are rebuilt only when rows change; saving them keeps a resumed
@@ -397,6 +415,7 @@ class Trainer:
         self.strategy.load_state_dict(state["strategy"])
         self.robust.load_state_dict(state["robust"])
         self.generator.set_state(state["rng"])
+        self._frame_queue = [int(f) for f in state.get("frame_queue", [])]
         torch.set_rng_state(state["torch_rng"])
         self._neighbours = state.get("neighbours")
         return True
