@@ -314,3 +314,28 @@ def test_frames_are_visited_in_shuffled_epochs(ball, tmp_path):
     passes = [visited[i:i + len(train)] for i in range(0, 18, len(train))]
     assert all(sorted(p) == train for p in passes)
     assert passes[0] != passes[1] or passes[1] != passes[2]  # shuffled anew each pass
+
+
+def test_flow_prior_never_reaches_into_held_out_frames(ball, tmp_path, monkeypatch):
+    """The flow f -> f+1 is computed from both frames' pixels: with f+1 held out, using it
+    would train on a test frame."""
+    from recon4d.data.dataset import Dataset
+    from recon4d.train import trainer as trainer_mod
+
+    def fake_flow(self):
+        shape = (self.num_frames - 1, self.height, self.width, 2)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    used = []
+
+    def record(self, surfels, f, scale, mask):
+        used.append(f)
+        return surfels.means.sum() * 0.0
+
+    monkeypatch.setattr(Dataset, "load_flow", fake_flow)
+    monkeypatch.setattr(trainer_mod.Trainer, "_flow_term", record)
+    config = _tiny(coarse_surfels=0, **{"full.steps": 24, "full.losses": {"flow": 1.0},
+                                        "checkpoint_every": 100})
+    fit(ball, tmp_path / "flow", config=config)
+    assert used, "the flow term should run"
+    assert all((f + 1) % 4 != 2 and f % 4 != 2 for f in used)

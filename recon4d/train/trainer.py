@@ -73,6 +73,7 @@ class Trainer:
         self.on_step = on_step
         self.device = resolve_device(config.device)
         self.train_frames = dataset.train_indices(config.all_frames)
+        self._train_set = set(self.train_frames)
         if len(self.train_frames) < 1:
             raise UserError("the dataset has no training frames: ingest more frames")
         self.background = torch.as_tensor(dataset.background, dtype=torch.float32, device=self.device)
@@ -272,7 +273,9 @@ class Trainer:
                 add("normal", geometry.normal_consistency(out, mask).sum())
             if weights.get("distortion", 0) > 0:
                 add("distortion", geometry.distortion_loss(out).sum())
-            if weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times):
+            # Flow into a held-out frame would carry that frame's pixels into training.
+            if (weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times)
+                    and f + 1 in self._train_set):
                 add("flow", self._flow_term(surfels, f, stage.resolution, mask[0]))
             if need_rigid:
                 rows_d = rows.to(self.device)
