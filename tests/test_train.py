@@ -339,3 +339,13 @@ def test_flow_prior_never_reaches_into_held_out_frames(ball, tmp_path, monkeypat
     fit(ball, tmp_path / "flow", config=config)
     assert used, "the flow term should run"
     assert all((f + 1) % 4 != 2 and f % 4 != 2 for f in used)
+
+
+def test_time_frequencies_follow_the_clip_length(ball, tmp_path):
+    from recon4d.train.config import auto_time_freqs
+
+    assert [auto_time_freqs(n) for n in (8, 21, 24, 32, 70)] == [8, 8, 8, 11, 24]
+    config = _tiny(coarse_surfels=0, **{"full.steps": 1, "model.time_freqs": 0, "checkpoint_every": 100})
+    run_dir = fit(ball, tmp_path / "auto", config=config)
+    assert RunDir(run_dir).read_config()["model"]["time_freqs"] == 8  # recorded resolved
+    assert load_run(run_dir).spec["num_freqs"] == 8

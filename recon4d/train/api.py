@@ -51,7 +51,7 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     from recon4d.data.dataset import load_dataset
     from recon4d.rundir import RunDir
     from recon4d.train.config import (FitConfig, apply_overrides, config_from_dict,
-                                      default_preset_name, scale_for_resolution)
+                                      default_preset_name, resolve_for_dataset)
     from recon4d.train.config import preset as make_preset
     from recon4d.train.trainer import Trainer
 
@@ -85,7 +85,7 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     if not (resume and run.dataset.is_dir()):
         _prepare_dataset(input_or_dataset, run.dataset, ingest_options)
     dataset = load_dataset(run.dataset)
-    config = scale_for_resolution(config, dataset.width, dataset.height)
+    config = resolve_for_dataset(config, dataset.width, dataset.height, dataset.num_frames)
     run.write_config(config, kind="fit")
     Trainer(dataset, run, config, on_step=on_step).fit(resume=resume)
     return run.root
