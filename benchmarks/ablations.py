@@ -2,7 +2,7 @@
 
 One command::
 
-    nice -n 5 .venv/bin/python benchmarks/ablations.py                 # default + rigid scenes
+    nice -n 5 .venv/bin/python benchmarks/ablations.py                 # default + creature_orbit scenes
     .venv/bin/python benchmarks/ablations.py --scenes default --steps default=500
 
 For each scene it fits the baseline (``cpu-fast`` preset, the same full-stage step count for
@@ -77,7 +77,7 @@ DELTA_KEYS = [("psnr_heldout", "{:+.2f}"), ("psnr_novel", "{:+.2f}"), ("chamfer_
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scenes", default="default,rigid", help="comma-separated ground-truth scenes")
+    p.add_argument("--scenes", default="default,creature_orbit", help="comma-separated ground-truth scenes")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--steps", action="append", default=[],
