@@ -116,17 +116,24 @@ void bin_surfels(const std::vector<T>& packed, const std::vector<uint8_t>& valid
 
 }  // namespace
 
-// Pixel centres and camera-space ray directions (z = 1) of one tile's tile*tile pixels, row
-// major. Forward and backward call the same function so both intersect exactly the same rays.
+// Work item t (over C cameras x n_tiles tiles) -> its camera and tile origin, plus the pixel
+// centres and camera-space ray directions (z = 1) of the tile's tile*tile pixels, row major.
+// Forward and backward call the same function so both intersect exactly the same rays.
 template <typename T>
-void tile_rays(const Intrinsics<T>& k, int x0, int y0, int tile, T* pxs, T* pys, T* dxs,
-               T* dys) {
+int tile_rays(int64_t t, int64_t n_tiles, int tiles_x, int tile, const T* Ks, int& x0, int& y0,
+              T* pxs, T* pys, T* dxs, T* dys) {
+  const int c = int(t / n_tiles);
+  const int tid = int(t % n_tiles);
+  x0 = (tid % tiles_x) * tile;
+  y0 = (tid / tiles_x) * tile;
+  const Intrinsics<T> k(Ks + 9 * c);
   for (int q = 0; q < tile * tile; ++q) {
     pxs[q] = T(x0 + q % tile) + T(0.5);
     pys[q] = T(y0 + q / tile) + T(0.5);
     dxs[q] = (pxs[q] - k.cx) / k.fx;
     dys[q] = (pys[q] - k.cy) / k.fy;
   }
+  return c;
 }
 
 template <typename T>
@@ -153,12 +160,9 @@ void rasterize_forward(const T* means, const T* tu, const T* tv, const T* opacit
     std::vector<uint8_t> done(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < C * n_tiles; ++t) {
-      const int c = int(t / n_tiles);
-      const int tid = int(t % n_tiles);
-      const int x0 = (tid % tiles_x) * tile;
-      const int y0 = (tid / tiles_x) * tile;
-      const Intrinsics<T> k(Ks + 9 * c);
-      tile_rays(k, x0, y0, tile, pxs.data(), pys.data(), dxs.data(), dys.data());
+      int x0, y0;
+      const int c = tile_rays(t, n_tiles, tiles_x, tile, Ks, x0, y0, pxs.data(), pys.data(),
+                              dxs.data(), dys.data());
       int active = 0;
       for (int q = 0; q < P; ++q) {
         const int x = x0 + q % tile, y = y0 + q / tile;
@@ -249,12 +253,9 @@ void rasterize_backward(const T* means, const T* tu, const T* tv, const T* opaci
     std::vector<int32_t> lastp(P), medp(P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < C * n_tiles; ++t) {
-      const int c = int(t / n_tiles);
-      const int tid = int(t % n_tiles);
-      const int x0 = (tid % tiles_x) * tile;
-      const int y0 = (tid / tiles_x) * tile;
-      const Intrinsics<T> k(Ks + 9 * c);
-      tile_rays(k, x0, y0, tile, pxs.data(), pys.data(), dxs.data(), dys.data());
+      int x0, y0;
+      const int c = tile_rays(t, n_tiles, tiles_x, tile, Ks, x0, y0, pxs.data(), pys.data(),
+                              dxs.data(), dys.data());
       int max_last = 0;
       for (int q = 0; q < P; ++q) {
         const int x = x0 + q % tile, y = y0 + q / tile;

@@ -36,7 +36,7 @@ from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
 from recon4d.model.warp import GaussianBoneSkinning
 from recon4d.render import render
 from recon4d.rundir import RunDir, to_jsonable
-from recon4d.train.config import FitConfig, StageConfig, auto_time_freqs
+from recon4d.train.config import FitConfig, StageConfig
 from recon4d.train.optim import Adam
 from recon4d.train.strategy import DensifyPrune, upsample
 from recon4d.utils import console
@@ -137,11 +137,10 @@ class Trainer:
             num_bones = centers.shape[0]
         key_times = self.times[self.train_frames]
         cams = ds.cameras
-        time_freqs = cfg.model.time_freqs if cfg.model.time_freqs > 0 else auto_time_freqs(len(self.times))
         self.model = DynamicSurfelModel.build(
             canonical, self.times, key_times, to_torch(cams.viewmats), to_torch(cams.Ks),
             ds.width, ds.height, num_bones=num_bones, bone_centers=centers, bone_radius=radius,
-            blend=cfg.model.blend, num_freqs=time_freqs, hidden=cfg.model.mlp_hidden,
+            blend=cfg.model.blend, num_freqs=cfg.model.time_freqs, hidden=cfg.model.mlp_hidden,
             rot_scale=cfg.model.bone_rot_scale, trans_scale=cfg.model.bone_trans_scale * self.extent,
             refine_freqs=cfg.model.refine_freqs).to(self.device)
         self.model.spec["extent"] = self.extent
