@@ -37,6 +37,7 @@ COLUMNS = [  # (header, key in the row, format)
     ("fit s", "fit_seconds", "{:.0f}"),
     ("export s", "export_seconds", "{:.0f}"), ("eval s", "eval_seconds", "{:.0f}"),
     ("PSNR held-out", "psnr_heldout", "{:.2f}"), ("SSIM held-out", "ssim_heldout", "{:.3f}"),
+    ("held-out by flow interp.", "psnr_heldout_interp_baseline", "{:.2f}"),
     ("PSNR novel", "psnr_novel", "{:.2f}"), ("Chamfer-L1 %diag", "chamfer_pct", "{:.2f}"),
     ("Chamfer anim. %diag", "chamfer_animated_pct", "{:.2f}"),
     ("normal cons.", "normal_consistency", "{:.3f}"), ("F-score@1%", "fscore", "{:.3f}"),
@@ -172,7 +173,8 @@ def run_item(item: dict, args, work: Path, overrides: dict) -> dict:
         result = evaluate_run(run_dir, options=EvalOptions(geometry_frames=args.geometry_frames))
         row["eval_seconds"] = time.monotonic() - start
         s = result["summary"]
-        row.update({k: s.get(k) for k in ("psnr_heldout", "ssim_heldout", "psnr_novel", "ssim_novel",
+        row.update({k: s.get(k) for k in ("psnr_heldout", "ssim_heldout", "psnr_heldout_interp_baseline",
+                                          "psnr_novel", "ssim_novel",
                                           "normal_consistency", "fscore", "jitter", "jitter_gt")})
         for key, name in (("chamfer_l1", "chamfer_pct"), ("chamfer_l1_animated", "chamfer_animated_pct")):
             row[name] = None if s.get(key) is None else 100.0 * s[key]

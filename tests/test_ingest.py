@@ -13,8 +13,10 @@ from PIL import Image
 
 from recon4d.cli.main import main
 from recon4d.data.dataset import load_dataset
+from recon4d.data.flow import midpoint_frame
 from recon4d.data.ingest import ensure_dataset, ingest
 from recon4d.data.options import IngestOptions
+from recon4d.eval.metrics import composite, psnr
 
 BG = (252, 253, 250)
 SMALL = dict(resolution=64, flow=False)
@@ -290,6 +292,34 @@ def test_dis_flow_recovers_a_known_translation(tmp_path):
         assert np.allclose(np.median(forward[i][core], axis=0), [3.0, 1.0], atol=0.35)
         core_next = truth[i + 1] & truth[i]
         assert np.allclose(np.median(backward[i][core_next], axis=0), [-3.0, -1.0], atol=0.35)
+
+
+def test_midpoint_frame_predicts_the_frame_between_two_moving_frames():
+    frames, _ = blob_clip(frames=3, size=96, step=4.0, shift_y=2.0, noise=0.0)
+    before, middle, after = (f.astype(np.float32) / 255.0 for f in frames)
+    predicted = midpoint_frame(before, after)
+    assert predicted.shape == middle.shape and predicted.dtype == np.float32
+    flow_psnr = psnr(predicted, middle)
+    blend_psnr = psnr(0.5 * (before + after), middle)
+    # Following the flow puts the stripes where they are; a cross-fade ghosts them.
+    assert flow_psnr > blend_psnr + 6.0, (flow_psnr, blend_psnr)
+    assert flow_psnr > 28.0
+    with pytest.raises(ValueError, match="frames"):
+        midpoint_frame(before, after[:32])
+
+
+def test_midpoint_frame_on_a_real_clip_beats_a_cross_fade(clips_dir, tmp_path):
+    """On the robot clip (all 21 frames: smooth motion) the flow midpoint of frames i-1, i+1
+    predicts frame i better than their average on most frames (median gain about 2.8 dB)."""
+    dataset = load_dataset(ingest(clips_dir / "green_robot.mp4", tmp_path / "robot",
+                                  IngestOptions(resolution=128, flow=False)))
+    gains = []
+    for i in range(1, dataset.num_frames - 1):
+        before, target, after = (composite(dataset.frames[k], dataset.masks[k])
+                                 for k in (i - 1, i, i + 1))
+        gains.append(psnr(midpoint_frame(before, after), target)
+                     - psnr(0.5 * (before + after), target))
+    assert np.median(gains) > 1.0, gains
 
 
 # Cameras -------------------------------------------------------------------------------------

@@ -20,10 +20,7 @@ def dis_flow(frames: np.ndarray, preset: str = "medium") -> tuple[np.ndarray, np
     """
     import cv2
 
-    presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-               "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-    dis = cv2.DISOpticalFlow_create(presets[preset])
+    dis = _dis(preset)
     grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
     count = len(grey) - 1
     forward = np.empty((count,) + grey[0].shape + (2,), np.float32)
@@ -32,6 +29,46 @@ def dis_flow(frames: np.ndarray, preset: str = "medium") -> tuple[np.ndarray, np
         forward[i] = dis.calc(grey[i], grey[i + 1], None)
         backward[i] = dis.calc(grey[i + 1], grey[i], None)
     return forward, backward
+
+
+def _dis(preset: str):
+    import cv2
+
+    presets = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+               "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+               "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+    if preset not in presets:
+        raise ValueError(f"preset: must be one of {', '.join(presets)}, got {preset!r}")
+    return cv2.DISOpticalFlow_create(presets[preset])
+
+
+def midpoint_frame(before: np.ndarray, after: np.ndarray, preset: str = "medium") -> np.ndarray:
+    """The frame halfway between two frames, interpolated along DIS flow in both directions.
+
+    A point at q in ``before`` is at q + F(q) in ``after`` (F the forward flow), so halfway it
+    is at about q + F(q)/2; to first order the midpoint frame at p is before(p - F(p)/2), and
+    likewise after(p - B(p)/2) with the backward flow B. The two predictions are averaged.
+    The evaluation uses this as the classical baseline for a held-out frame.
+
+    Args:
+        before, after: (H, W, 3) float RGB in [0, 1], the frames either side.
+
+    Returns:
+        (H, W, 3) float32 in [0, 1].
+    """
+    import cv2
+
+    if before.shape != after.shape or before.ndim != 3 or before.shape[2] != 3:
+        raise ValueError(f"frames: expected two (H, W, 3) images of one size, got "
+                         f"{before.shape} and {after.shape}")
+    a = np.clip(before, 0, 1).astype(np.float32)
+    b = np.clip(after, 0, 1).astype(np.float32)
+    grey_a, grey_b = (cv2.cvtColor((x * 255 + 0.5).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+                      for x in (a, b))
+    dis = _dis(preset)
+    forward = dis.calc(grey_a, grey_b, None)
+    backward = dis.calc(grey_b, grey_a, None)
+    return 0.5 * (warp_with_flow(a, -0.5 * forward) + warp_with_flow(b, -0.5 * backward))
 
 
 def warp_with_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:

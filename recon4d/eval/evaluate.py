@@ -198,7 +198,8 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
 
     # Held-out frames --------------------------------------------------------------------
     test = [i for i in range(data.num_frames) if is_test_frame(i)]
-    held = {"frames": test, "times": [times[i] for i in test], "psnr": [], "ssim": [], "mask_iou": []}
+    held = {"frames": test, "times": [times[i] for i in test], "psnr": [], "ssim": [], "mask_iou": [],
+            "interp_psnr": []}
     pairs = []
     for i in track(test, description="eval: held-out frames"):
         rgb, alpha = render_fn(scene, times[i], cams[i])
@@ -206,9 +207,14 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         held["psnr"].append(metrics.psnr(rgb[0], target))
         held["ssim"].append(metrics.ssim(rgb[0], target))
         held["mask_iou"].append(metrics.mask_iou(alpha[0], data.masks[i]))
+        held["interp_psnr"].append(_interpolation_baseline(data, i, target))
         pairs.append((target, rgb[0]))
     for key in ("psnr", "ssim", "mask_iou"):
         held[f"{key}_mean"] = _mean(held[key])
+    # The baseline and the fit compared on the same frames (those with two neighbours).
+    both = [k for k, v in enumerate(held["interp_psnr"]) if v is not None]
+    held["interp_psnr_mean"] = _mean([held["interp_psnr"][k] for k in both])
+    held["psnr_mean_interp_frames"] = _mean([held["psnr"][k] for k in both])
     result["heldout"] = held
 
     if gt is not None:
@@ -245,6 +251,22 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         run.update_metrics({"eval": _jsonable(result)})
         info(f"eval: {', '.join(f'{k} {v:.4g}' for k, v in result['summary'].items() if v is not None)}")
     return _jsonable(result)
+
+
+def _interpolation_baseline(data, index: int, target: np.ndarray) -> float | None:
+    """PSNR of a held-out frame predicted from its two neighbouring input frames alone (DIS-flow
+    midpoint, :func:`recon4d.data.flow.midpoint_frame`), or None at the clip's ends.
+
+    Why: how far a held-out frame follows from its neighbours sets what any method can
+    interpolate there; a generated clip's one-frame jerks make some frames unpredictable.
+    """
+    from recon4d.data.flow import midpoint_frame
+
+    if index < 1 or index + 1 >= data.num_frames:
+        return None
+    before = metrics.composite(data.frames[index - 1], data.masks[index - 1])
+    after = metrics.composite(data.frames[index + 1], data.masks[index + 1])
+    return metrics.psnr(midpoint_frame(before, after), target)
 
 
 def _camera_drift(gt, fit_viewmats: np.ndarray, fit_Ks: np.ndarray) -> dict:
@@ -366,7 +388,8 @@ def _animated(gt, scene, times, fit_viewmats, frames, opts, animated_fn, warn) -
 def _summary(result: dict) -> dict:
     s = {"psnr_heldout": result["heldout"].get("psnr_mean"),
          "ssim_heldout": result["heldout"].get("ssim_mean"),
-         "mask_iou_heldout": result["heldout"].get("mask_iou_mean")}
+         "mask_iou_heldout": result["heldout"].get("mask_iou_mean"),
+         "psnr_heldout_interp_baseline": result["heldout"].get("interp_psnr_mean")}
     if "novel_view" in result:
         s["psnr_novel"] = result["novel_view"].get("psnr_mean")
         s["ssim_novel"] = result["novel_view"].get("ssim_mean")
