@@ -4,6 +4,7 @@ of recon4d's renderer)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from recon4d.model.scene import DynamicSurfelModel
 from recon4d.rundir import RunDir
 from recon4d.train import fit
 from recon4d.train.config import (StrategyConfig, apply_overrides, config_from_dict, preset,
-                                  scale_for_resolution)
+                                  resolve_for_dataset, scale_for_resolution)
 from recon4d.train.optim import Adam
 from recon4d.train.strategy import DensifyPrune, edit_rows
 from recon4d.utils.checkpoint import latest_checkpoint
@@ -78,7 +79,7 @@ def test_two_step_fit_writes_a_run_that_loads_back(ball, tmp_path):
     run_dir = fit(ball, tmp_path / "run", config=config)
     run = RunDir(run_dir)
     saved = run.read_config()
-    assert saved["full"]["steps"] == 2 and config_from_dict(saved) == scale_for_resolution(config, 32, 32)
+    assert saved["full"]["steps"] == 2 and config_from_dict(saved) == resolve_for_dataset(config, 32, 32, 8)
     records = run.read_metrics_log()
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [0, 1]
@@ -287,6 +288,23 @@ def test_budgets_scale_with_image_area_once():
     assert big.model.num_surfels == 2 * base.model.num_surfels
     assert big.strategy.max_surfels == 2 * base.strategy.max_surfels
     assert scale_for_resolution(big, 256, 256) == big  # a resumed run does not grow again
+
+
+def test_steps_grow_with_the_training_frames_once():
+    from recon4d.train.config import FRAMES_REFERENCE, scale_for_frames
+
+    base = preset("cpu-fast")
+    short = scale_for_frames(base, 32)  # 24 training frames: the reference, no change
+    assert short.full.steps == base.full.steps and short.frames_scaling == 1.0
+    assert scale_for_frames(base, 48).full.steps == round(base.full.steps * 36 / FRAMES_REFERENCE)
+    long = scale_for_frames(base, 70)  # 53 training frames, capped at 2x
+    assert long.full.steps == 2 * base.full.steps
+    assert long.coarse.steps == base.coarse.steps and long.model == base.model
+    every = dataclasses.replace(base, all_frames=True)
+    assert scale_for_frames(every, 40).full.steps == round(base.full.steps * 40 / FRAMES_REFERENCE)
+    resolved = resolve_for_dataset(base, 256, 256, 70)
+    assert resolved.full.steps == 4 * base.full.steps  # 2x for the area, 2x for the frames
+    assert resolve_for_dataset(resolved, 256, 256, 70) == resolved
 
 
 def _jsonable(config):

@@ -165,6 +165,10 @@ class FitConfig:
     """Largest factor by which full-stage steps and surfel counts grow with the image area
     beyond 128 x 128 (detail needs surfels and steps); 1 disables. Applied once when the fit
     starts (config.json records the scaled values and 1 here)."""
+    frames_scaling: float = 2.0
+    """Largest factor by which full-stage steps grow with the training frames beyond
+    :data:`FRAMES_REFERENCE` (one frame per step: a long clip's frames would each be visited
+    too rarely); 1 disables. Applied once when the fit starts, like ``resolution_scaling``."""
     num_threads: int = 0
     """CPU threads for torch and the native renderer (0: torch's default). 1 is faster on an
     oversubscribed machine, where spinning thread pools fight each other."""
@@ -218,6 +222,24 @@ def scale_for_resolution(config: FitConfig, width: int, height: int) -> FitConfi
                                      max_surfels=round(config.strategy.max_surfels * factor)))
 
 
+FRAMES_REFERENCE = 24
+"""Training frames the presets' step counts were tuned for (a 32-frame clip's 24)."""
+
+
+def scale_for_frames(config: FitConfig, num_frames: int) -> FitConfig:
+    """``config`` with full-stage steps grown by clamp(training frames / FRAMES_REFERENCE, 1,
+    frames_scaling), and frames_scaling set to 1 (wave_hello, 53 training frames: 1800 -> 3600
+    steps, held-out 27.3 -> 28.0 dB)."""
+    from recon4d.data.dataset import is_test_frame
+
+    train = num_frames if config.all_frames else sum(
+        not is_test_frame(i) for i in range(num_frames))
+    factor = min(max(train / FRAMES_REFERENCE, 1.0), max(config.frames_scaling, 1.0))
+    return dataclasses.replace(
+        config, frames_scaling=1.0,
+        full=dataclasses.replace(config.full, steps=round(config.full.steps * factor)))
+
+
 def auto_time_freqs(num_frames: int) -> int:
     """max(8, ceil(frames / 3)): the fastest representable motion then has a period of about
     6 frames whatever the clip's length (8 frequencies over 70 frames could not follow a waving
@@ -228,9 +250,10 @@ def auto_time_freqs(num_frames: int) -> int:
 
 def resolve_for_dataset(config: FitConfig, width: int, height: int, num_frames: int) -> FitConfig:
     """``config`` with the settings that depend on the dataset fixed: budgets scaled for the
-    resolution (:func:`scale_for_resolution`) and ``model.time_freqs`` 0 replaced by
-    :func:`auto_time_freqs`. config.json records the result."""
-    config = scale_for_resolution(config, width, height)
+    resolution (:func:`scale_for_resolution`) and the clip length (:func:`scale_for_frames`),
+    and ``model.time_freqs`` 0 replaced by :func:`auto_time_freqs`. config.json records the
+    result, which resolves to itself (a resumed run does not grow again)."""
+    config = scale_for_frames(scale_for_resolution(config, width, height), num_frames)
     if config.model.time_freqs <= 0:
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, time_freqs=auto_time_freqs(num_frames)))
