@@ -77,7 +77,7 @@ def run(config: Config) -> int:
         print(f"  {name:<14}: {path}")
     print(f"  metrics       : {run_dir / 'metrics.json'}")
     labels = {"psnr_heldout": "held-out PSNR (dB)", "ssim_heldout": "held-out SSIM",
-              "psnr_heldout_interp_baseline": "held-out by flow interp.",
+              "psnr_heldout_interp_baseline": "held-out, flow interp.",
               "psnr_novel": "novel-view PSNR (dB)", "chamfer_l1": "Chamfer-L1 (/ diag)",
               "normal_consistency": "normal consistency", "fscore": "F-score @1% diag"}
     for key, label in labels.items():
