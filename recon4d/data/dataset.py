@@ -41,6 +41,11 @@ def is_test_frame(index: int) -> bool:
     return index % 4 == 2
 
 
+def train_frame_indices(num_frames: int, all_frames: bool = False) -> list[int]:
+    """Frames to fit: all but the held-out ones (index % 4 == 2) unless ``all_frames``."""
+    return [i for i in range(num_frames) if all_frames or not is_test_frame(i)]
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -118,8 +123,8 @@ class Dataset:
         return np.asarray(self.manifest.get("background", [1.0, 1.0, 1.0]), dtype=np.float32)
 
     def train_indices(self, all_frames: bool = False) -> list[int]:
-        """Frames to fit: all but the held-out ones (index % 4 == 2) unless ``all_frames``."""
-        return [i for i in range(self.num_frames) if all_frames or not is_test_frame(i)]
+        """Frames to fit: see :func:`train_frame_indices`."""
+        return train_frame_indices(self.num_frames, all_frames)
 
     def test_indices(self) -> list[int]:
         return [i for i in range(self.num_frames) if is_test_frame(i)]

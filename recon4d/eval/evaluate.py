@@ -158,7 +158,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         render_fn, frame_mesh_fn, animated_fn: replacements for the renderer, the per-frame mesh
             extractor and the animated-mesh builder (defaults: recon4d's own).
     """
-    from recon4d.data.dataset import is_test_frame, load_dataset
+    from recon4d.data.dataset import load_dataset
     from recon4d.rundir import RunDir
     from recon4d.utils.console import info, track, warn
 
@@ -197,7 +197,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         "alignment": "fitted world mapped to gt world through each frame's input camera"}}
 
     # Held-out frames --------------------------------------------------------------------
-    test = [i for i in range(data.num_frames) if is_test_frame(i)]
+    test = data.test_indices()
     held = {"frames": test, "times": [times[i] for i in test], "psnr": [], "ssim": [], "mask_iou": [],
             "interp_psnr": []}
     pairs = []

@@ -230,10 +230,9 @@ def scale_for_frames(config: FitConfig, num_frames: int) -> FitConfig:
     """``config`` with full-stage steps grown by clamp(training frames / FRAMES_REFERENCE, 1,
     frames_scaling), and frames_scaling set to 1 (wave_hello, 53 training frames: 1800 -> 3600
     steps, held-out 27.3 -> 28.0 dB)."""
-    from recon4d.data.dataset import is_test_frame
+    from recon4d.data.dataset import train_frame_indices
 
-    train = num_frames if config.all_frames else sum(
-        not is_test_frame(i) for i in range(num_frames))
+    train = len(train_frame_indices(num_frames, config.all_frames))
     factor = min(max(train / FRAMES_REFERENCE, 1.0), max(config.frames_scaling, 1.0))
     return dataclasses.replace(
         config, frames_scaling=1.0,
