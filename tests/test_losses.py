@@ -82,8 +82,44 @@ def test_depth_prior_ignores_scale_and_shift():
     g = torch.Generator().manual_seed(0)
     depth = torch.rand(16, 16, generator=g) + 2.0
     mask = torch.ones(16, 16)
-    assert float(depth_prior_loss(depth, 0.5 * depth - 3.0, mask)) < 1e-4
-    assert float(depth_prior_loss(depth, torch.rand(16, 16, generator=g), mask)) > 0.05
+    # Metric depth: any scale (the scene's), but an offset changes the shape.
+    assert float(depth_prior_loss(depth, 0.5 * depth, mask)) < 1e-4
+    assert float(depth_prior_loss(depth, depth + 3.0, mask)) > 0.3
+    assert float(depth_prior_loss(depth, torch.rand(16, 16, generator=g), mask)) > 0.5
+    # Disparity: scale and offset are both free.
+    assert float(depth_prior_loss(depth, 0.5 / depth + 3.0, mask, kind="disparity")) < 1e-4
+    # Relative: the same for a scene ten times larger.
+    far = depth_prior_loss(10 * depth, torch.rand(16, 16, generator=g.manual_seed(1)), mask)
+    near = depth_prior_loss(depth, torch.rand(16, 16, generator=g.manual_seed(1)), mask)
+    assert math.isclose(float(far), float(near), rel_tol=1e-4)
+
+
+def test_depth_prior_compares_disparity_in_inverse_depth_and_skips_unknown_pixels():
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(16, 16, generator=g) + 1.0
+    mask = torch.ones(16, 16)
+    disparity = 3.0 / depth + 0.2
+    assert float(depth_prior_loss(depth, disparity, mask, kind="disparity")) < 1e-4
+    assert float(depth_prior_loss(depth, disparity, mask, kind="depth")) > 1e-3
+    # Pixels without user depth (0) or outside the mask never count.
+    holed = disparity.clone()
+    holed[:8] = 0.0
+    assert float(depth_prior_loss(depth, holed, mask, kind="disparity")) < 1e-4
+    garbage = disparity.clone()
+    garbage[:, :8] = torch.rand(16, 8, generator=g) * 50
+    half = mask.clone()
+    half[:, :8] = 0.0
+    assert float(depth_prior_loss(depth, garbage, half, kind="disparity")) < 1e-4
+    assert float(depth_prior_loss(depth, garbage, mask, kind="disparity")) > 0.05
+    # A flat render (every surfel at one depth) is far from any shaped map: the prior must never
+    # reward flattening the object.
+    flat = torch.full((16, 16), 2.5) + 1e-4 * torch.rand(16, 16, generator=g)
+    assert float(depth_prior_loss(flat, disparity, mask, kind="disparity")) > 0.5
+    assert float(depth_prior_loss(flat, depth, mask, kind="depth")) > 0.9
+    # The gradient reaches the rendered depth.
+    rendered = depth.clone().requires_grad_(True)
+    depth_prior_loss(rendered, torch.rand(16, 16, generator=g) + 0.5, mask, kind="disparity").backward()
+    assert rendered.grad is not None and float(rendered.grad.abs().sum()) > 0
 
 
 def test_flow_loss_clips_and_masks():

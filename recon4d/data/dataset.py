@@ -9,6 +9,8 @@
       masks/00000.png    L uint8 (0..255 -> [0, 1]), H x W
       flow/forward.npz   optional, float16 (F-1, H, W, 2) pixel offsets frame i -> i+1
       flow/backward.npz  optional, float16 (F-1, H, W, 2) pixel offsets frame i+1 -> i
+      depth/depth.npz    optional, float32 (F, H, W) user depth or disparity, 0 = none
+                         (see recon4d.data.depth)
       contact_sheet.png  frames with mask overlays for a person to look at
       gt/                optional ground truth (synthetic scenes only; see recon4d.scenes)
 
@@ -144,6 +146,12 @@ class Dataset:
                 out.append(data["flow"].astype(np.float32))
         return out[0], out[1]
 
+    def load_depth(self) -> tuple[np.ndarray, str] | None:
+        """((F, H, W) float32 user maps, kind "disparity" or "depth"), or None; 0 = no depth."""
+        from recon4d.data.depth import load_depth
+
+        return load_depth(self.root, self.manifest)
+
     @property
     def gt_dir(self) -> Path | None:
         """The ground-truth folder of a synthetic scene, if there is one."""
@@ -157,7 +165,8 @@ def write_dataset(out_dir: str | Path, frames: np.ndarray, masks: np.ndarray, ti
                   flow: tuple[np.ndarray, np.ndarray] | None = None,
                   extras: dict | None = None, overwrite: bool = False,
                   extra_writer: Callable[[Path], Any] | None = None,
-                  source_indices: Sequence[int] | None = None) -> Path:
+                  source_indices: Sequence[int] | None = None,
+                  depth: tuple[np.ndarray, str, str] | None = None) -> Path:
     """Write a dataset directory atomically.
 
     Args:
@@ -174,6 +183,8 @@ def write_dataset(out_dir: str | Path, frames: np.ndarray, masks: np.ndarray, ti
         extra_writer: called with the temporary directory before it is renamed into place, to
             add more files (e.g. ``gt/`` of a synthetic scene) under the same atomic write.
         source_indices: frame numbers in the source for each dataset frame (default 0..F-1).
+        depth: optional (maps (F, H, W) float, kind "disparity" | "depth", source) user depth;
+            0 where unknown (see :mod:`recon4d.data.depth`).
 
     Returns:
         The dataset directory.
@@ -222,6 +233,19 @@ def write_dataset(out_dir: str | Path, frames: np.ndarray, masks: np.ndarray, ti
                     np.savez_compressed(tmp / "flow" / f"{key}.npz", flow=np.asarray(array, np.float16))
                 flow_entry = {"forward": "flow/forward.npz", "backward": "flow/backward.npz",
                               "method": "opencv-dis"}
+            depth_entry = None
+            if depth is not None:
+                from recon4d.data.depth import DEPTH_FILE, DEPTH_KINDS, clean, depth_npz_bytes
+
+                maps, kind, depth_source = depth
+                maps = clean(np.asarray(maps, np.float32))
+                if maps.shape != (num, height, width):
+                    raise ValueError(f"depth: expected {(num, height, width)}, got {maps.shape}")
+                if kind not in DEPTH_KINDS:
+                    raise ValueError(f"depth kind: expected one of {DEPTH_KINDS}, got {kind!r}")
+                (tmp / "depth").mkdir()
+                (tmp / DEPTH_FILE).write_bytes(depth_npz_bytes(maps))
+                depth_entry = {"path": DEPTH_FILE, "kind": kind, "source": str(depth_source)}
             manifest = {
                 "schema_version": DATASET_SCHEMA_VERSION,
                 "kind": DATASET_KIND,
@@ -239,6 +263,7 @@ def write_dataset(out_dir: str | Path, frames: np.ndarray, masks: np.ndarray, ti
                 "masks_from": masks_from,
                 "background": [float(c) for c in background],
                 "flow": flow_entry,
+                **({"depth": depth_entry} if depth_entry else {}),
                 "test_rule": TEST_FRAME_RULE,
                 "extras": extras or {},
             }

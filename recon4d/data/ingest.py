@@ -159,6 +159,12 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
 
     crop = options.crop == "on" or (options.crop == "auto" and kind != "transforms")
     height, width = frames.shape[1:3]
+    depth_maps = None
+    if options.depth is not None:
+        from recon4d.data.depth import fit_to_frames, read_depth_source
+
+        depth_maps = fit_to_frames(read_depth_source(options.depth), clip.source_indices,
+                                   clip.num_source_frames, width, height)
     box = crop_box(masks, options.margin) if crop else full_box(width, height)
     background = np.asarray(mask_notes["background"], np.float64)
     fill = np.round(background * 255.0).astype(np.uint8)
@@ -168,6 +174,11 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
                      "enlarged (a smaller --resolution would lose nothing)")
     out_frames = np.stack([crop_resize(f, box, res, fill) for f in frames])
     out_masks = np.stack([crop_resize(m, box, res, 0) for m in masks])
+    out_depth = None
+    if depth_maps is not None:
+        from recon4d.data.depth import check_coverage, crop_resize_depth
+
+        out_depth = np.stack([crop_resize_depth(d, box, res) for d in depth_maps])
     if options.grabcut:
         out_masks = grabcut_refine(out_frames, out_masks)
         mask_notes["refined_from"] = masks_from
@@ -177,6 +188,8 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
     warnings: list[str] = [f"converted {note} frames to 8-bit RGB" for note in clip.notes]
     if clip.scale != 1.0:
         warnings.append(f"input downscaled by {clip.scale:.3f} on reading (--max-input-side)")
+    if out_depth is not None:
+        check_coverage(out_depth, out_masks)
     areas = mask_areas(out_masks)
     jumps = find_jumps(areas)
     if jumps:
@@ -225,6 +238,8 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
     }
     write_dataset(out_dir, out_frames, out_masks, times, cameras, clip.source, masks_from,
                   background=background, flow=flow, extras=extras, overwrite=options.overwrite,
+                  depth=None if out_depth is None else (out_depth, options.depth_kind,
+                                                        str(options.depth)),
                   extra_writer=write_sheet, source_indices=clip.source_indices)
     console.info(f"dataset: {out_dir} ({clip.num_frames} frames at {res}x{res}, masks from "
                  f"{masks_from}, cameras {cameras.mode}, mask area {100 * areas.min():.1f}-"

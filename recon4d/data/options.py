@@ -70,6 +70,16 @@ class IngestOptions:
     direction: Literal["ccw", "cw"] = "ccw"
     """Orbit: counter-clockwise (ccw) or clockwise (cw) seen from above."""
 
+    depth: Optional[Path] = None
+    """Optional depth maps, one per source frame, as a prior for the fit: a folder of .npy or
+    greyscale PNG/TIFF maps, or one .npy/.npz array (frames, height, width). Relative maps from
+    a monocular estimator are fine: the fit factors out each frame's scale (and, for
+    disparity, offset)."""
+
+    depth_kind: Literal["disparity", "depth"] = "disparity"
+    """What --depth holds: disparity (inverse depth, what monocular estimators output; larger =
+    nearer) or depth along the camera axis (larger = farther)."""
+
     flow: bool = True
     """Compute and cache DIS optical flow between neighbouring frames (forward and backward)."""
 

@@ -122,13 +122,14 @@ def _full_losses() -> dict[str, Weight]:
         "root_smooth": 0.1,
         "skin_smooth": 0.01,
         "flow": 0.0,
-        "depth": 0.0,
+        # Acts only when the dataset carries user depth maps (ingest --depth).
+        "depth": 0.1,
     }
 
 
 def _coarse_losses() -> dict[str, Weight]:
     return {"photo": 1.0, "mask": 1.0, "rigidity": 3.0, "bone_smooth": 0.3, "root_smooth": 0.3,
-            "skin_smooth": 0.05}
+            "skin_smooth": 0.05, "depth": 0.1}
 
 
 @dataclass

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from recon4d.data.dataset import Dataset
 from recon4d.errors import UserError
-from recon4d.losses import geometry, motion, photometric
+from recon4d.losses import geometry, motion, photometric, priors
 from recon4d.losses.robust import FrameWeights
 from recon4d.losses.schedule import weights_at
 from recon4d.model.canonical import CanonicalSurfels
@@ -89,6 +89,15 @@ class Trainer:
                              "--flow); fitting without it")
             else:
                 self.flow = torch.as_tensor(loaded[0], device=self.device)  # (F-1, H, W, 2)
+        # User depth is optional data: the prior acts only when the dataset carries maps.
+        self.depth: Tensor | None = None
+        self.depth_kind = "disparity"
+        if _weight_used(config, "depth"):
+            loaded_depth = dataset.load_depth()
+            if loaded_depth is not None:
+                self.depth = torch.as_tensor(loaded_depth[0], device=self.device)  # (F, H, W)
+                self.depth_kind = loaded_depth[1]
+                console.info(f"depth prior on: the dataset's {self.depth_kind} maps")
         self.generator = torch.Generator().manual_seed(config.seed)
         self._frame_queue: list[int] = []
         self.robust = FrameWeights(dataset.num_frames, tolerance=config.robust_tolerance)
@@ -100,6 +109,7 @@ class Trainer:
         self.stage_name = ""
         self.bad_steps = 0
         self._scaled: dict[float, tuple[Tensor, Tensor]] = {}
+        self._scaled_depth: dict[float, Tensor] = {}
         self._neighbours: Tensor | None = None
 
     # Stages -------------------------------------------------------------------------------
@@ -222,6 +232,19 @@ class Trainer:
                 self._scaled[scale] = (img.permute(0, 2, 3, 1).contiguous(), msk[:, 0].contiguous())
         return self._scaled[scale]
 
+    def _depth_at(self, scale: float) -> Tensor:
+        """(F, h, w) user maps at ``scale`` (cached): nearest sampling, so no pixel blends an
+        object depth with a background one."""
+        if scale not in self._scaled_depth:
+            if scale == 1.0:
+                self._scaled_depth[scale] = self.depth
+            else:
+                h = max(1, round(self.dataset.height * scale))
+                w = max(1, round(self.dataset.width * scale))
+                self._scaled_depth[scale] = F.interpolate(self.depth[:, None], size=(h, w),
+                                                          mode="nearest")[:, 0].contiguous()
+        return self._scaled_depth[scale]
+
     def _sample_frames(self, count: int) -> list[int]:
         """The next ``count`` training frames of a shuffled pass over all of them (epochs, not
         independent draws): every frame is visited equally often, so no frame's root pose or
@@ -277,6 +300,11 @@ class Trainer:
             if (weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times)
                     and f + 1 in self._train_set):
                 add("flow", self._flow_term(surfels, f, stage.resolution, mask[0]))
+            if weights.get("depth", 0) > 0 and self.depth is not None:
+                user = self._depth_at(stage.resolution)[f]
+                # Trust the map on the object only, where the render covers it too.
+                trusted = mask[0] * (out.alpha[0].detach() > 0.5).to(mask)
+                add("depth", priors.depth_prior_loss(out.depth[0], user, trusted, self.depth_kind))
             if need_rigid:
                 rows_d = rows.to(self.device)
                 add("rigidity", motion.rigidity_loss(model.canonical.means, surfels.means, warp_q,
