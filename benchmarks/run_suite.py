@@ -123,7 +123,10 @@ def plan(args) -> list[dict]:
     for name in _select(args.scenes, DEFAULT_SCENES):
         row = defs.get(name)
         ok = row is not None and row["kind"] == "synthetic"
-        items.append({"name": name, "kind": "scene", "ready": ok,
+        # Oracle-depth rows get their own name: they must never replace a plain row on --merge.
+        label = name if args.oracle_depth == "none" else f"{name} + oracle {args.oracle_depth}"
+        items.append({"name": label, "scene": name, "slug": label.replace(" + oracle ", "_oracle_"),
+                      "kind": "scene", "ready": ok,
                       "note": "" if ok else "no such synthetic scene",
                       "frames": args.frames or (row or {}).get("frames"),
                       "resolution": args.resolution or (row or {}).get("resolution")})
@@ -144,14 +147,19 @@ def run_item(item: dict, args, work: Path, overrides: dict) -> dict:
     from recon4d.train import fit
 
     row = dict(item)
-    run_dir = work / "runs" / item["name"]
+    slug = item.get("slug", item["name"])
+    run_dir = work / "runs" / slug
     try:
         if item["kind"] == "scene":
             from recon4d.scenes import make_scene
 
             start = time.monotonic()
-            source = make_scene(item["name"], work / "scenes" / item["name"], seed=args.seed,
+            source = make_scene(item["scene"], work / "scenes" / slug, seed=args.seed,
                                 overwrite=True, resolution=args.resolution, frames=args.frames)
+            if args.oracle_depth != "none":
+                from recon4d.scenes.oracle import attach_oracle_depth
+
+                attach_oracle_depth(source, args.oracle_depth, seed=args.seed)
             row["make_seconds"] = time.monotonic() - start
             ingest_options = None
         else:
@@ -285,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--geometry-frames", default="test", choices=["test", "all", "none"])
     parser.add_argument("--skip-export", action="store_true", help="fit and eval only")
+    parser.add_argument("--oracle-depth", default="none", choices=["none", "depth", "disparity"],
+                        help="give each synthetic scene user depth maps made from its ground truth "
+                             "(random per-frame scale, or affine of inverse depth), to measure the "
+                             "depth prior's ceiling; rows are named 'SCENE + oracle KIND'")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "benchmarks",
                         help="scenes and run directories (runs/ is git-ignored)")
     parser.add_argument("--results", type=Path, default=RESULTS)

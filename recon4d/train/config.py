@@ -145,6 +145,9 @@ class FitConfig:
     full: StageConfig = field(default_factory=lambda: StageConfig(steps=900, losses=_full_losses()))
     lr: LearningRates = field(default_factory=LearningRates)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    depth_edge_px: int = 2
+    """User depth (ingest --depth) is ignored within this many pixels of each mask's border,
+    where estimated maps blend object and background."""
     rigidity_samples: int = 1024
     knn: int = 8
     robust_frames: bool = True
