@@ -24,7 +24,7 @@ def run_job(input_path: str | Path, run_dir: str | Path, overrides: dict | None 
         overrides: optional ``preset`` (fit preset name), ``resolution`` (side of the square
             ingested frames, pixels: ``IngestOptions.resolution``), ``formats`` (export formats,
             default: the exporter's, ``glb-skin`` and ``video``), ``gt`` (ground-truth folder for
-            evaluation).
+            evaluation), ``depth`` / ``depth_kind`` (depth maps for ingest: ``IngestOptions``).
         export_options: :class:`recon4d.export.exporter.ExportOptions` (default: the exporter's).
         eval_options: :class:`recon4d.eval.evaluate.EvalOptions` (default: the published protocol).
 
@@ -54,10 +54,12 @@ def run_job(input_path: str | Path, run_dir: str | Path, overrides: dict | None 
     run = RunDir(run_dir)
     resume = latest_checkpoint(run.checkpoints) is not None
     ingest_options = None
-    if overrides.get("resolution"):
+    ingest_keys = {"resolution": int, "depth": Path, "depth_kind": str}
+    if any(overrides.get(key) for key in ingest_keys):
         from recon4d.data.options import IngestOptions
 
-        ingest_options = IngestOptions(resolution=int(overrides["resolution"]))
+        ingest_options = IngestOptions(**{key: cast(overrides[key]) for key, cast in
+                                          ingest_keys.items() if overrides.get(key)})
     seconds = {}
     start = time.monotonic()
     # On resume fit reuses the run's recorded config; the batch wipes a run whose row changed.

@@ -199,13 +199,18 @@ def test_manifest_csv_and_jsonl_overrides(tmp_path):
                      '{"input": "/data/y.mp4", "name": "why"}\n')
     specs = load_manifest(jsonl, out)
     assert specs[0].overrides == {"resolution": 128, "formats": ["usd"]}
+    depth = tmp_path / "d.csv"
+    depth.write_text("input,depth,depth_kind\nx.mp4,maps/x.npy,depth\n")
+    assert load_manifest(depth, out)[0].overrides == {"depth": str(tmp_path / "maps" / "x.npy"),
+                                                      "depth_kind": "depth"}
     assert (specs[1].name, specs[1].input, specs[1].line) == ("why", "/data/y.mp4", 3)
 
     bad = [("input,resolution\nx.mp4,big\n", r"m2.csv:2: 'resolution'"),
            ("video\nx.mp4\n", "no 'input' column"),
            ("input,name\nx.mp4,same\ny.mp4,same\n", "already used on line 2"),
            ("input\nx.mp4\nx.mp4\n", "repeats line 2"),
-           ("input,formats\nx.mp4,glb skin!\n", "bad export format")]
+           ("input,formats\nx.mp4,glb skin!\n", "bad export format"),
+           ("input,depth_kind\nx.mp4,metric\n", "bad depth_kind 'metric'")]
     for text, message in bad:
         (tmp_path / "m2.csv").write_text(text)
         with pytest.raises(UserError, match=message):

@@ -61,6 +61,10 @@ def _tiny_inputs(folder: Path, clips_dir: Path) -> dict[str, Path]:
     frames_dir.mkdir()
     for i, image in enumerate(_frames(clips_dir / "green_robot.mp4")):
         image.save(frames_dir / f"{i:03d}.png")
+    # Depth maps for the frame folder (one per frame, at another resolution than the frames).
+    maps = np.stack([np.full((32, 32), 2.0 + i, np.float32) for i in range(FRAMES)])
+    maps[:, :, 16:] += 0.5
+    np.save(folder / "robot_depth.npy", maps)
     truncated = folder / "truncated.mp4"
     truncated.write_bytes((clips_dir / "monkey.mp4").read_bytes()[:3000])
     return {"video": video, "frames": frames_dir, "truncated": truncated}
@@ -71,7 +75,8 @@ def test_batch_runs_the_real_pipeline(tmp_path, clips_dir):
     manifest = tmp_path / "batch.jsonl"
     manifest.write_text("\n".join(json.dumps(row) for row in [
         {"input": "inputs/tiny_dolphin.mp4"},
-        {"input": "inputs/tiny_robot", "resolution": 24},
+        {"input": "inputs/tiny_robot", "resolution": 24, "depth": "inputs/robot_depth.npy",
+         "depth_kind": "depth"},
         {"input": "inputs/truncated.mp4"}]) + "\n")
     out = tmp_path / "out"
     defaults = {"preset": "test", "resolution": 32, "formats": ["splats"]}
@@ -93,6 +98,12 @@ def test_batch_runs_the_real_pipeline(tmp_path, clips_dir):
         manifest_json = json.loads((run_dir / "dataset" / "manifest.json").read_text())
         side = 24 if name == "tiny_robot" else 32  # a row's resolution beats the batch default
         assert (manifest_json["width"], manifest_json["num_frames"]) == (side, FRAMES)
+        if name == "tiny_robot":  # the row's depth maps reached the dataset and the fit
+            assert manifest_json["depth"]["kind"] == "depth"
+            log = (run_dir / "logs" / "metrics.jsonl").read_text()
+            assert '"depth":' in log
+        else:
+            assert "depth" not in manifest_json
         outputs = read_state(out, name)["outputs"]
         assert any(p.startswith("checkpoints/step_") for p in outputs)
         assert sum(p.startswith("export/splats/frame_") for p in outputs) == FRAMES

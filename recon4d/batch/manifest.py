@@ -18,7 +18,9 @@ Columns / keys:
   into one safe path component, so a run dir is always ``OUT/jobs/<name>``, strictly inside OUT.
 - ``preset``, ``resolution`` (longest image side in pixels), ``formats`` (export formats,
   separated by ``;``, ``|`` or spaces in CSV, a list in JSONL), ``gt`` (ground-truth folder for
-  evaluation): per-job overrides of the batch-wide defaults.
+  evaluation), ``depth`` (depth maps for the clip, as ``recon4d ingest --depth``; relative to the
+  manifest's folder) and ``depth_kind`` (``disparity`` or ``depth``): per-job overrides of the
+  batch-wide defaults.
 
 Other columns are ignored with a warning (a manifest may carry notes such as the prompt). A
 malformed row is a :class:`~recon4d.errors.UserError` naming the line: the batch stops before any
@@ -38,7 +40,8 @@ from typing import Any, Iterable
 
 from recon4d.errors import UserError
 
-OVERRIDE_KEYS = ("preset", "resolution", "formats", "gt")
+OVERRIDE_KEYS = ("preset", "resolution", "formats", "gt", "depth", "depth_kind")
+DEPTH_KINDS = ("disparity", "depth")
 KNOWN_KEYS = ("input", "name") + OVERRIDE_KEYS
 MAX_NAME_LENGTH = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -178,7 +181,11 @@ def normalize_overrides(raw: dict, where: str, base_dir: Path | None = None) -> 
             out[key] = _parse_resolution(value, where)
         elif key == "formats":
             out[key] = _parse_formats(value, where)
-        elif key == "gt":
+        elif key == "depth_kind":
+            if str(value).strip() not in DEPTH_KINDS:
+                raise UserError(f"{where}: bad depth_kind {value!r}: use disparity or depth")
+            out[key] = str(value).strip()
+        elif key in ("gt", "depth"):
             path = Path(str(value).strip()).expanduser()
             if base_dir is not None and not path.is_absolute():
                 path = base_dir / path
