@@ -58,6 +58,28 @@ def test_depth_follows_frame_selection_crop_and_resize(tmp_path, clip):
     assert np.all(values >= 1.0)
 
 
+def test_contact_sheet_shows_each_map_beside_its_frame(tmp_path, clip):
+    from recon4d.data.contact_sheet import depth_tile
+
+    folder, frames, _ = clip
+    np.save(tmp_path / "depth.npy", ramp_maps(len(frames), *frames.shape[1:3]))
+    plain = ingest(folder, tmp_path / "plain", IngestOptions(resolution=32, flow=False))
+    with_depth = ingest(folder, tmp_path / "ds", IngestOptions(resolution=32, flow=False,
+                                                               depth=tmp_path / "depth.npy"))
+    sheet = np.asarray(Image.open(with_depth / "contact_sheet.png"))
+    assert sheet.shape[1] == 3 * 2 * 160  # three columns of frame + map pairs
+    assert np.asarray(Image.open(plain / "contact_sheet.png")).shape[1] == 6 * 160
+    # One tile: near is yellow (bright) whichever way the map counts; unknown is grey.
+    mask = np.zeros((12, 12), np.uint8)
+    mask[2:10, 2:10] = 255
+    ramp = np.zeros((12, 12), np.float32)
+    ramp[2:10, 2:10] = np.linspace(1.0, 2.0, 8)[None, :]
+    disparity = depth_tile(ramp, mask).astype(int).sum(-1)
+    depth = depth_tile(ramp, mask, near_is_large=False).astype(int).sum(-1)
+    assert disparity[5, 8] > disparity[5, 3] + 100 and depth[5, 8] + 100 < depth[5, 3]
+    assert tuple(depth_tile(ramp, mask)[0, 11]) == (64, 64, 64)
+
+
 def test_depth_folder_of_16_bit_pngs_and_metric_kind(tmp_path, clip):
     folder, frames, truth = clip
     maps = ramp_maps(len(frames), *frames.shape[1:3])

@@ -211,7 +211,8 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
 
         flow = dis_flow(out_frames)
 
-    sheet = contact_sheet(out_frames, out_masks, times, areas)
+    sheet = contact_sheet(out_frames, out_masks, times, areas, depth=out_depth,
+                          depth_kind=options.depth_kind)
 
     def write_sheet(tmp: Path) -> None:
         import io
