@@ -17,8 +17,10 @@ import numpy as np
 def oracle_maps(depth: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     """(F, H, W) ground-truth camera depth (0 = background) -> maps of ``kind`` with a random
     per-frame scale (depth: x U(0.5, 2)) or affine (disparity: U(5, 20) / depth + U(0.5, 3))."""
-    if kind not in ("depth", "disparity"):
-        raise ValueError(f"kind: expected 'depth' or 'disparity', got {kind!r}")
+    from recon4d.data.options import DEPTH_KINDS
+
+    if kind not in DEPTH_KINDS:
+        raise ValueError(f"kind: expected one of {DEPTH_KINDS}, got {kind!r}")
     rng = np.random.default_rng(seed)
     out = np.zeros_like(depth, dtype=np.float32)
     for i, frame in enumerate(np.asarray(depth, np.float64)):

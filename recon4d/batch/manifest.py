@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from recon4d.data.options import DEPTH_KINDS
 from recon4d.errors import UserError
 
 OVERRIDE_KEYS = ("preset", "resolution", "formats", "gt", "depth", "depth_kind")
-DEPTH_KINDS = ("disparity", "depth")
 KNOWN_KEYS = ("input", "name") + OVERRIDE_KEYS
 MAX_NAME_LENGTH = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -235,17 +235,15 @@ def write_dataset(out_dir: str | Path, frames: np.ndarray, masks: np.ndarray, ti
                               "method": "opencv-dis"}
             depth_entry = None
             if depth is not None:
-                from recon4d.data.depth import DEPTH_FILE, DEPTH_KINDS, clean, depth_npz_bytes
+                from recon4d.data.depth import DEPTH_KINDS, store_depth
 
                 maps, kind, depth_source = depth
-                maps = clean(np.asarray(maps, np.float32))
+                maps = np.asarray(maps)
                 if maps.shape != (num, height, width):
                     raise ValueError(f"depth: expected {(num, height, width)}, got {maps.shape}")
                 if kind not in DEPTH_KINDS:
                     raise ValueError(f"depth kind: expected one of {DEPTH_KINDS}, got {kind!r}")
-                (tmp / "depth").mkdir()
-                (tmp / DEPTH_FILE).write_bytes(depth_npz_bytes(maps))
-                depth_entry = {"path": DEPTH_FILE, "kind": kind, "source": str(depth_source)}
+                depth_entry = store_depth(tmp, maps, kind, depth_source)
             manifest = {
                 "schema_version": DATASET_SCHEMA_VERSION,
                 "kind": DATASET_KIND,

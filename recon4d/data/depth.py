@@ -23,23 +23,16 @@ manifest entry ``"depth": {"path", "kind", "source"}``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from recon4d.data.options import DEPTH_KINDS, DepthKind
 from recon4d.errors import UserError
 from recon4d.utils.atomic import atomic_write_bytes, atomic_write_json, read_json
 
-DepthKind = Literal["disparity", "depth"]
-DEPTH_KINDS = ("disparity", "depth")
 DEPTH_FILE = "depth/depth.npz"
 _FILE_SUFFIXES = (".npy", ".png", ".tif", ".tiff")
-
-
-def _natural_key(path: Path) -> list:
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 def _read_map(path: Path) -> np.ndarray:
@@ -72,8 +65,10 @@ def read_depth_source(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise UserError(f"depth path '{path}' does not exist: check --depth")
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in _FILE_SUFFIXES),
-                       key=_natural_key)
+        from natsort import natsorted
+
+        files = natsorted((p for p in path.iterdir() if p.suffix.lower() in _FILE_SUFFIXES),
+                          key=lambda p: p.name)
         if not files:
             raise UserError(f"depth folder '{path}' has no .npy, .png or .tif files: give one "
                             "depth map per frame")
@@ -165,12 +160,16 @@ def check_coverage(depth: np.ndarray, masks: np.ndarray) -> None:
                         "every frame: check the maps, or ingest without --depth")
 
 
-def depth_npz_bytes(depth: np.ndarray) -> bytes:
+def store_depth(dataset_dir: Path, maps: np.ndarray, kind: str, source: str) -> dict:
+    """Write ``maps`` (already validated: (F, H, W), a known kind) as ``DATASET/depth/depth.npz``
+    atomically and return the manifest entry that points at it."""
     import io
 
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, depth=np.asarray(depth, np.float32))
-    return buffer.getvalue()
+    np.savez_compressed(buffer, depth=clean(np.asarray(maps, np.float32)))
+    (Path(dataset_dir) / "depth").mkdir(exist_ok=True)
+    atomic_write_bytes(Path(dataset_dir) / DEPTH_FILE, buffer.getvalue())
+    return {"path": DEPTH_FILE, "kind": kind, "source": str(source)}
 
 
 def attach_depth(dataset_dir: str | Path, depth: np.ndarray, kind: DepthKind,
@@ -192,12 +191,10 @@ def attach_depth(dataset_dir: str | Path, depth: np.ndarray, kind: DepthKind,
         raise UserError(f"depth kind '{kind}' is not one of {', '.join(DEPTH_KINDS)}")
     manifest = read_json(dataset_dir / "manifest.json")
     shape = (int(manifest["num_frames"]), int(manifest["height"]), int(manifest["width"]))
-    depth = clean(np.asarray(depth, np.float32))
+    depth = np.asarray(depth)
     if depth.shape != shape:
         raise UserError(f"depth maps have shape {depth.shape}, the dataset needs {shape}")
-    (dataset_dir / "depth").mkdir(exist_ok=True)
-    atomic_write_bytes(dataset_dir / DEPTH_FILE, depth_npz_bytes(depth))
-    manifest["depth"] = {"path": DEPTH_FILE, "kind": kind, "source": str(source)}
+    manifest["depth"] = store_depth(dataset_dir, depth, kind, source)
     atomic_write_json(dataset_dir / "manifest.json", manifest)
     return dataset_dir
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args
 
 MaskSource = Literal["auto", "given", "alpha", "key"]
 CameraMode = Literal["auto", "fixed", "orbit", "transforms"]
 CropMode = Literal["auto", "on", "off"]
+DepthKind = Literal["disparity", "depth"]
+DEPTH_KINDS: tuple[str, ...] = get_args(DepthKind)
 
 
 @dataclass
@@ -76,7 +78,7 @@ class IngestOptions:
     a monocular estimator are fine: the fit factors out each frame's scale (and, for
     disparity, offset)."""
 
-    depth_kind: Literal["disparity", "depth"] = "disparity"
+    depth_kind: DepthKind = "disparity"
     """What --depth holds: disparity (inverse depth, what monocular estimators output; larger =
     nearer) or depth along the camera axis (larger = farther)."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from recon4d.data.options import DEPTH_KINDS
+
 
 def flow_loss(rendered_flow: Tensor, target_flow: Tensor, mask: Tensor, max_px: float = 20.0) -> Tensor:
     """Mean robust end-point error between rendered and target flow (pixels).
@@ -53,8 +55,8 @@ def depth_prior_loss(rendered_depth: Tensor, user_depth: Tensor, mask: Tensor,
         the invariance: mean absolute difference of the normalised maps, divided by the user
         map's own normalised spread.
     """
-    if kind not in ("depth", "disparity"):
-        raise ValueError(f"kind: expected 'depth' or 'disparity', got {kind!r}")
+    if kind not in DEPTH_KINDS:
+        raise ValueError(f"kind: expected one of {DEPTH_KINDS}, got {kind!r}")
     valid = (mask > 0.5) & (user_depth > 0) & (rendered_depth > 1e-6)
     if int(valid.sum()) < 16:
         return rendered_depth.sum() * 0.0

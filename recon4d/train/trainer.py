@@ -234,14 +234,17 @@ class Trainer:
                 group["lr"] = group["base_lr"] * lr.final_ratio ** progress
 
     # Data ---------------------------------------------------------------------------------
+    def _size_at(self, scale: float) -> tuple[int, int]:
+        """(h, w) of the images at ``scale`` x the dataset size (the cameras round the same way)."""
+        return max(1, round(self.dataset.height * scale)), max(1, round(self.dataset.width * scale))
+
     def _scaled_data(self, scale: float) -> tuple[Tensor, Tensor]:
         """(targets (F, h, w, 3), masks (F, h, w)) at ``scale`` x the dataset size (cached)."""
         if scale not in self._scaled:
             if scale == 1.0:
                 self._scaled[scale] = (self.targets, self.masks)
             else:
-                h = max(1, round(self.dataset.height * scale))
-                w = max(1, round(self.dataset.width * scale))
+                h, w = self._size_at(scale)
                 img = F.interpolate(self.targets.permute(0, 3, 1, 2), size=(h, w), mode="area")
                 msk = F.interpolate(self.masks[:, None], size=(h, w), mode="area")
                 self._scaled[scale] = (img.permute(0, 2, 3, 1).contiguous(), msk[:, 0].contiguous())
@@ -254,10 +257,8 @@ class Trainer:
             if scale == 1.0:
                 self._scaled_depth[scale] = self.depth
             else:
-                h = max(1, round(self.dataset.height * scale))
-                w = max(1, round(self.dataset.width * scale))
-                self._scaled_depth[scale] = F.interpolate(self.depth[:, None], size=(h, w),
-                                                          mode="nearest")[:, 0].contiguous()
+                scaled = F.interpolate(self.depth[:, None], size=self._size_at(scale), mode="nearest")
+                self._scaled_depth[scale] = scaled[:, 0].contiguous()
         return self._scaled_depth[scale]
 
     def _sample_frames(self, count: int) -> list[int]:
