@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from recon4d.losses.motion import (keyframe_smoothness, knn, rigidity_loss, skinning_smoothness,
-                                   trajectory_smoothness)
+from recon4d.losses.motion import (between_frames_loss, hermite_between, keyframe_smoothness, knn,
+                                   rigidity_loss, skinning_smoothness, trajectory_smoothness)
 from recon4d.losses.photometric import photometric_per_image, psnr, ssim_map
 from recon4d.losses.priors import depth_prior_loss, flow_loss
 from recon4d.losses.robust import FrameWeights
@@ -76,6 +77,27 @@ def test_smoothness_terms():
     w = torch.softmax(torch.randn(10, 4), -1)
     assert float(skinning_smoothness(w, w.unsqueeze(1).expand(10, 3, 4))) == 0.0
     assert float(skinning_smoothness(w, w.flip(0).unsqueeze(1).expand(10, 3, 4))) > 0
+
+
+def test_between_frame_prediction_keeps_still_points_still_and_follows_arcs():
+    # Uneven key spacing, as around a held-out frame: keys at 0.1, 0.2, 0.4, 0.5.
+    times = torch.tensor([0.1, 0.2, 0.4, 0.5])
+    rng = np.random.default_rng(0)
+    still = torch.as_tensor(rng.normal(size=(1, 6, 3)), dtype=torch.float32).expand(4, -1, -1)
+    assert torch.allclose(hermite_between(still, times, 0.3), still[0], atol=1e-6)
+    # Uniform motion is reproduced exactly between the keys.
+    velocity = torch.tensor([1.0, -2.0, 0.5])
+    moving = times[:, None, None] * velocity + still
+    assert torch.allclose(hermite_between(moving, times, 0.27), 0.27 * velocity + still[0], atol=1e-5)
+    # A point turning on a unit circle: the spline's midpoint lies near the arc, the chord cuts
+    # inside it.
+    angle = 2.0 * times
+    circle = torch.stack([torch.cos(angle), torch.sin(angle), torch.zeros(4)], -1)[:, None]
+    truth = torch.tensor([[math.cos(0.6), math.sin(0.6), 0.0]])
+    spline_error = float(between_frames_loss(hermite_between(circle, times, 0.3), truth))
+    chord_error = float(between_frames_loss(0.5 * (circle[1] + circle[2]), truth))
+    assert spline_error < 0.05 * chord_error
+    assert float(between_frames_loss(truth + 0.1, truth)) == pytest.approx(0.03, rel=1e-5)
 
 
 def test_depth_prior_ignores_scale_and_shift():

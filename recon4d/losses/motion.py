@@ -63,3 +63,39 @@ def keyframe_smoothness(values: Tensor) -> Tensor:
 def skinning_smoothness(weights: Tensor, neighbour_weights: Tensor) -> Tensor:
     """(S, B) weights of sampled surfels and (S, k, B) of their neighbours -> mean L1 gap."""
     return (weights.unsqueeze(1) - neighbour_weights).abs().sum(-1).mean()
+
+
+def hermite_between(points: Tensor, times: Tensor, t: float) -> Tensor:
+    """Cubic Hermite prediction of positions at time t from four keyframes.
+
+    ``points`` (4, S, 3) are positions at ``times`` (4,) = (t_prev, t_a, t_b, t_next) with
+    t_prev <= t_a < t_b <= t_next and t_a <= t <= t_b (t_prev = t_a or t_next = t_b at the ends
+    of the clip). Each tangent is the slope at its key of the parabola through that key and its
+    two neighbours (exact for quadratic motion on uneven spacing, as around a held-out frame;
+    one-sided at the clip's ends): a still point is predicted still, and a point turning on an
+    arc stays near the arc instead of cutting its chord.
+    """
+    x_prev, x_a, x_b, x_next = points
+    t_prev, t_a, t_b, t_next = (float(v) for v in times)
+    h = t_b - t_a
+    chord = (x_b - x_a) / h
+
+    def slope(x_left, t_left, x_mid, t_mid, x_right, t_right):
+        left = (x_mid - x_left) / (t_mid - t_left)
+        right = (x_right - x_mid) / (t_right - t_mid)
+        return (left * (t_right - t_mid) + right * (t_mid - t_left)) / (t_right - t_left)
+
+    m_a = slope(x_prev, t_prev, x_a, t_a, x_b, t_b) if t_prev < t_a else chord
+    m_b = slope(x_a, t_a, x_b, t_b, x_next, t_next) if t_next > t_b else chord
+    s = (t - t_a) / h
+    h00 = 2 * s ** 3 - 3 * s ** 2 + 1
+    h10 = s ** 3 - 2 * s ** 2 + s
+    h01 = -2 * s ** 3 + 3 * s ** 2
+    h11 = s ** 3 - s ** 2
+    return h00 * x_a + h10 * h * m_a + h01 * x_b + h11 * h * m_b
+
+
+def between_frames_loss(means_t: Tensor, predicted: Tensor) -> Tensor:
+    """Mean squared distance (S, 3) - (S, 3) between positions at a time between two training
+    frames and their spline prediction from the neighbouring training frames."""
+    return ((means_t - predicted) ** 2).sum(-1).mean()

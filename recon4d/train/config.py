@@ -106,7 +106,9 @@ class StageConfig:
     train_refine: bool = True
     losses: dict[str, Weight] = field(default_factory=dict)
     """Loss name -> weight or [[progress, weight], ...] schedule. Names: photo, mask, normal,
-    distortion, rigidity, bone_smooth, root_smooth, skin_smooth, flow, depth."""
+    distortion, rigidity, bone_smooth, root_smooth, skin_smooth, flow, depth, between (bone-warped
+    centres between training frames against the spline through their neighbours; off by
+    default, docs/fit.md)."""
     ssim_weight: float = 0.2
     lr_scale: float = 1.0
 
