@@ -156,11 +156,9 @@ class DynamicSurfelModel(nn.Module):
         """(S,) canonical row indices -> (S, 3) centres of those surfels at t after the bone
         warp only, in the object frame (the root pose left out): the part of the motion that
         the time MLP drives, differentiable."""
-        means = self.canonical.means[rows]
         residual = self._residual()
-        bones = getattr(self.warp, "bones", self.warp)
-        q_b, trans = bones.point_transforms(means, t, None if residual is None else residual[rows])
-        return quat_rotate(q_b, means) + trans
+        return self.warp.bones.warp_points(self.canonical.means[rows], t,
+                                           None if residual is None else residual[rows])
 
     def surfels_at(self, t: float | Tensor, refine: bool = True) -> Surfels:
         """World-space surfels at time t (differentiable; ``refine=False`` skips ΔR/ΔS)."""

@@ -295,7 +295,7 @@ class Trainer:
         if need_rigid:
             if self._neighbours is None or self._neighbours.shape[0] != n:
                 self._neighbours = motion.knn(model.canonical.means, cfg.knn)
-            rows = torch.randint(0, n, (min(cfg.rigidity_samples, n),), generator=self.generator)
+            rows = self._sample_rows()
         for k, f in enumerate(frames):
             t = self.times[f]
             surfels, warp_q = model.warped_state(t, refine=stage.train_refine)
@@ -353,6 +353,12 @@ class Trainer:
         values["psnr"] = float(np.mean(psnrs))
         return total, values, torch.cat(photo_values)
 
+    def _sample_rows(self) -> Tensor:
+        """(S,) random canonical rows (with repeats), S = ``rigidity_samples`` or all surfels,
+        drawn from the trainer's generator so that a resumed fit draws the same ones."""
+        n = len(self.model.canonical)
+        return torch.randint(0, n, (min(self.config.rigidity_samples, n),), generator=self.generator)
+
     def _between_term(self) -> Tensor:
         """Bone-warped positions (object frame) of sampled surfels at a random time between two
         consecutive training frames (where held-out frames lie) against the cubic spline through
@@ -366,9 +372,7 @@ class Trainer:
         key_times = self.times[keys]
         t_a, t_b = float(key_times[1]), float(key_times[2])
         t = t_a + float(torch.rand((), generator=self.generator)) * (t_b - t_a)
-        n = len(model.canonical)
-        rows = torch.randint(0, n, (min(self.config.rigidity_samples, n),),
-                             generator=self.generator).to(self.device)
+        rows = self._sample_rows().to(self.device)
         with torch.no_grad():
             keyed = torch.stack([model.deformed_means(rows, float(k)) for k in key_times])
         predicted = motion.hermite_between(keyed, key_times, t)
