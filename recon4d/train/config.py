@@ -108,7 +108,9 @@ class StageConfig:
     """Loss name -> weight or [[progress, weight], ...] schedule. Names: photo, mask, normal,
     distortion, rigidity, bone_smooth, root_smooth, skin_smooth, flow, depth, between (bone-warped
     centres between training frames against the spline through their neighbours; off by
-    default, docs/fit.md)."""
+    default, docs/fit.md), symmetry (the shape at the first training frame against its mirror
+    image through an upright plane estimated from that view; meant for fixed cameras with user
+    depth, docs/fit.md)."""
     ssim_weight: float = 0.2
     lr_scale: float = 1.0
 
@@ -126,6 +128,8 @@ def _full_losses() -> dict[str, Weight]:
         "flow": 0.0,
         # Acts only when the dataset carries user depth maps (ingest --depth).
         "depth": 0.1,
+        # Mirror symmetry about an upright plane found from the view; off by default (docs/fit.md).
+        "symmetry": 0.0,
     }
 
 

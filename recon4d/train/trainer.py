@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -33,6 +34,7 @@ from recon4d.model.canonical import CanonicalSurfels
 from recon4d.model.init import init_from_masks, kmeans_bones, to_torch
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
 from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
+from recon4d.model.symmetry import MirrorPlane, estimate_mirror_plane, mirror_loss
 from recon4d.model.warp import GaussianBoneSkinning
 from recon4d.render import render
 from recon4d.rundir import RunDir, to_jsonable
@@ -126,6 +128,9 @@ class Trainer:
         self._scaled: dict[float, tuple[Tensor, Tensor]] = {}
         self._scaled_depth: dict[float, Tensor] = {}
         self._neighbours: Tensor | None = None
+        # Upright mirror plane of the subject, found once when the symmetry term first acts.
+        self.mirror_plane: MirrorPlane | None = None
+        self._plane_searched = False
 
     # Stages -------------------------------------------------------------------------------
     @property
@@ -342,6 +347,11 @@ class Trainer:
                 w_rows = bones.skinning_weights(means[rows_d], residual[rows_d])
                 w_nb = bones.skinning_weights(means[nb].reshape(-1, 3), residual[nb].reshape(-1, residual.shape[1]))
                 terms["skin_smooth"] = motion.skinning_smoothness(w_rows, w_nb.reshape(nb.shape + (-1,)))
+        if weights.get("symmetry", 0) > 0:
+            plane = self._find_mirror_plane()
+            if plane is not None:
+                terms["symmetry"] = mirror_loss(model.canonical.means, self._sample_rows().to(self.device),
+                                                plane, self.extent)
         if weights.get("between", 0) > 0 and len(self.train_frames) >= 2:
             terms["between"] = self._between_term() / self.extent ** 2
         if weights.get("root_smooth", 0) > 0:
@@ -377,6 +387,41 @@ class Trainer:
             keyed = torch.stack([model.deformed_means(rows, float(k)) for k in key_times])
         predicted = motion.hermite_between(keyed, key_times, t)
         return motion.between_frames_loss(model.deformed_means(rows, t), predicted)
+
+    @torch.no_grad()
+    def _find_mirror_plane(self) -> MirrorPlane | None:
+        """The subject's upright mirror plane in the canonical frame, found once (when the
+        symmetry term first acts) from the first training frame: the model's depth there and
+        the frame's mask (recon4d.model.symmetry), through the object centre the fit assumes,
+        then taken back to the canonical frame through that frame's root pose. With a fixed
+        camera the depth is only as good as the user depth prior made it."""
+        if not self._plane_searched:
+            self._plane_searched = True
+            f = self.train_frames[0]
+            cams = self.model.cameras([f])
+            out = render(self.model.surfels_at(self.times[f]), cams, backend=self.config.backend)
+            mask = self.dataset.masks[f]
+            depth = out.depth[0].cpu().numpy() * (mask > 0.5)
+            world = estimate_mirror_plane(depth, mask, cams.viewmats[0].cpu().numpy(),
+                                          cams.Ks[0].cpu().numpy(), seed=self.config.seed,
+                                          through=self._assumed_centre(f))
+            if world is None:
+                console.warn("symmetry term off: the first training frame renders too little depth")
+            else:
+                q, t = self.model.warp.root.rt_at(self.times[f])
+                self.mirror_plane = world.pulled_back(q.cpu(), t.cpu())
+                n = world.normal
+                console.info(f"mirror plane: normal ({n[0]:.3f}, {n[1]:.3f}, {n[2]:.3f}), offset "
+                             f"{world.offset:.3f}, violation {world.violation:.4f}")
+        return self.mirror_plane
+
+    def _assumed_centre(self, f: int) -> np.ndarray:
+        """(3,) world point the fit assumes the object is centred on: on frame f's optical
+        axis at the depth the init places it (the world origin's depth, else the hint)."""
+        view = np.asarray(self.dataset.cameras.viewmats[f], dtype=np.float64)
+        depth = float(view[2, 3]) if float(view[2, 3]) > 0.1 else self.config.model.depth_hint
+        cam2world = np.linalg.inv(view)
+        return cam2world[:3, :3] @ np.array([0.0, 0.0, depth]) + cam2world[:3, 3]
 
     def _flow_term(self, surfels, f: int, scale: float, mask: Tensor) -> Tensor:
         """Rendered flow f -> f+1 against the dataset's (DIS) flow, in pixels at ``scale``."""
@@ -465,6 +510,8 @@ class Trainer:
             # Neighbour lists are rebuilt only when rows change; saving them keeps a resumed
             # run on exactly the same rigidity pairs as an uninterrupted one.
             "neighbours": self._neighbours,
+            "mirror_plane": None if self.mirror_plane is None else asdict(self.mirror_plane),
+            "plane_searched": self._plane_searched,
         }
 
     def save(self) -> None:
@@ -492,6 +539,10 @@ class Trainer:
         self._frame_queue = [int(f) for f in state.get("frame_queue", [])]
         torch.set_rng_state(state["torch_rng"])
         self._neighbours = state.get("neighbours")
+        plane = state.get("mirror_plane")
+        self.mirror_plane = None if plane is None else MirrorPlane(
+            tuple(float(v) for v in plane["normal"]), float(plane["offset"]), float(plane["violation"]))
+        self._plane_searched = bool(state.get("plane_searched", False))
         return True
 
     # The loop -----------------------------------------------------------------------------
