@@ -249,6 +249,11 @@ def test_fit_cli_runs_on_a_dataset(ball, tmp_path):
     saved = json.loads((out / "config.json").read_text())
     assert saved["config"]["model"]["blend"] == "lbs" and saved["config"]["full"]["steps"] == 1
     assert load_run(out).warp.bones.blend == "lbs"
+    sym = tmp_path / "sym"
+    assert main(["fit", str(ball), "--out", str(sym), "--preset", "test", "--steps", "1",
+                 "--symmetry", "2.5", "--quiet"]) == 0
+    assert json.loads((sym / "config.json").read_text())["config"]["full"]["losses"]["symmetry"] == 2.5
+    assert main(["fit", str(ball), "--out", str(tmp_path / "neg"), "--symmetry", "-1", "--quiet"]) == 2
 
 
 def test_rendered_flow_reads_back_the_surfel_motion():

@@ -40,6 +40,10 @@ class Config:
     """Bone blending: dual quaternions (preset default) or linear blend skinning."""
     seed: Optional[int] = None
     """Random seed (default 0)."""
+    symmetry: Optional[float] = None
+    """Weight of the mirror-symmetry term (0 = off, the default; try 1): fills in the side a
+    fixed camera never sees from the side it sees, for mirror-symmetric subjects of clips
+    ingested with --depth (docs/fit.md)."""
     threads: Optional[int] = None
     """CPU threads (default: torch's; 1 can be faster on a busy machine)."""
     viewer: bool = False
@@ -82,6 +86,12 @@ def run(config: Config) -> int:
         overrides["num_threads"] = config.threads
     if config.seed is not None:
         overrides["seed"] = config.seed
+    if config.symmetry is not None:
+        if config.symmetry < 0:
+            from recon4d.errors import UserError
+
+            raise UserError(f"--symmetry must be 0 or more, got {config.symmetry}")
+        overrides["full.losses.symmetry"] = config.symmetry
     viewer = _live_viewer(config.out) if config.viewer else None
     try:
         run_dir = fit(config.input, config.out, preset=config.preset, resume=config.resume,
