@@ -66,14 +66,13 @@ def _live_viewer(run_dir: Path):
 
 
 def run(config: Config) -> int:
+    from recon4d.errors import UserError
     from recon4d.train.api import fit
     from recon4d.utils.console import info
 
     overrides = {"backend": config.backend, "device": config.device}
     if config.steps is not None:
         if config.steps < 1:
-            from recon4d.errors import UserError
-
             raise UserError(f"--steps must be at least 1, got {config.steps}")
         overrides["full.steps"] = config.steps
     if config.all_frames:
@@ -88,8 +87,6 @@ def run(config: Config) -> int:
         overrides["seed"] = config.seed
     if config.symmetry is not None:
         if config.symmetry < 0:
-            from recon4d.errors import UserError
-
             raise UserError(f"--symmetry must be 0 or more, got {config.symmetry}")
         overrides["full.losses.symmetry"] = config.symmetry
     viewer = _live_viewer(config.out) if config.viewer else None

@@ -47,7 +47,16 @@ class InitResult:
     extent: float
 
 
-def _project(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def object_depth(viewmat: np.ndarray, depth_hint: float) -> float:
+    """Camera z at which a fit assumes the object's centre: the world origin's depth in the
+    camera ``viewmat`` (4, 4) when the origin lies in front of it, else ``depth_hint`` (a fixed
+    camera at the world origin)."""
+    origin_depth = float(viewmat[2, 3])
+    return origin_depth if origin_depth > 0.1 else float(depth_hint)
+
+
+def project_points(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3) world points -> ((N, 2) pixel coordinates, (N,) camera z)."""
     cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
     z = cam[:, 2]
     safe = np.where(z > 1e-6, z, 1e-6)
@@ -56,7 +65,7 @@ def _project(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray) -> tuple[np
     return np.stack([u, v], 1), z
 
 
-def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Nearest-pixel lookup with pixel centres at +0.5; outside the image -> 0."""
     h, w = image.shape[:2]
     x = np.floor(uv[:, 0]).astype(np.int64)
@@ -91,8 +100,7 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
         raise UserError("the first training frame's mask is empty: check the input's masks "
                         "(recon4d ingest writes a contact sheet to look at)")
     view0, K0 = viewmats[reference].astype(np.float64), Ks[reference].astype(np.float64)
-    origin_depth = float(view0[2, 3])
-    depth = origin_depth if origin_depth > 0.1 else float(depth_hint)
+    depth = object_depth(view0, depth_hint)
     ys, xs = np.nonzero(mask0)
     # Object box from the silhouette at the object's depth (reference camera frame).
     u0, u1 = xs.min(), xs.max() + 1.0
@@ -112,17 +120,17 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     points = local @ cam2world[:3, :3].T + centre
 
     if _cameras_fixed(viewmats, Ks):
-        uv, z = _project(points, view0, K0)
-        inside = _sample(mask0.astype(np.float32), uv) > 0.5
+        uv, z = project_points(points, view0, K0)
+        inside = sample_nearest(mask0.astype(np.float32), uv) > 0.5
         # Half-thickness from the distance to the silhouette border (pixels -> scene units).
         dist = ndimage.distance_transform_edt(mask0).astype(np.float32)
-        thickness = _sample(dist, uv) * z / fx
+        thickness = sample_nearest(dist, uv) * z / fx
         occupied = inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
     else:
         votes = np.zeros(points.shape[0], np.float32)
         for view, K, mask in zip(viewmats, Ks, masks):
-            uv, z = _project(points, view.astype(np.float64), K.astype(np.float64))
-            votes += (_sample((mask > 0.5).astype(np.float32), uv) > 0.5) & (z > 1e-3)
+            uv, z = project_points(points, view.astype(np.float64), K.astype(np.float64))
+            votes += (sample_nearest((mask > 0.5).astype(np.float32), uv) > 0.5) & (z > 1e-3)
         occupied = votes >= max(1.0, 0.85 * len(masks))
     occ = occupied.reshape(grid, grid, grid)
     if occ.sum() < 8:
@@ -147,9 +155,9 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     area = len(surface) * voxel * voxel
     scale = float(0.6 * np.sqrt(area / num_surfels))
 
-    uv, _ = _project(pts, view0, K0)
-    colors = _sample(frames[reference].astype(np.float32), uv)
-    fallback = _sample(mask0.astype(np.float32), uv) < 0.5
+    uv, _ = project_points(pts, view0, K0)
+    colors = sample_nearest(frames[reference].astype(np.float32), uv)
+    fallback = sample_nearest(mask0.astype(np.float32), uv) < 0.5
     if fallback.any():
         colors[fallback] = frames[reference][mask0].mean(0)
     occ_pts = (np.argwhere(occ) + 0.5) * voxel - extent

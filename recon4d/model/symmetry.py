@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recon4d.model.init import project_points, sample_nearest
 from recon4d.model.rotations import quat_to_rotmat
 
 
@@ -70,25 +71,19 @@ def _violation(points: np.ndarray, tree, normal: np.ndarray, offset: float, dept
                inside: np.ndarray, viewmat: np.ndarray, K: np.ndarray, tolerance: float) -> float:
     """Mean violation (scene units) of the points' reflections; see the module docstring."""
     mirrored = points - 2 * ((points @ normal) - offset)[:, None] * normal
-    cam = mirrored @ viewmat[:3, :3].T + viewmat[:3, 3]
-    z = np.maximum(cam[:, 2], 1e-6)
-    u = np.floor(K[0, 0] * cam[:, 0] / z + K[0, 2]).astype(np.int64)
-    v = np.floor(K[1, 1] * cam[:, 1] / z + K[1, 2]).astype(np.int64)
-    h, w = depth.shape
-    on_image = (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    uc, vc = np.clip(u, 0, w - 1), np.clip(v, 0, h - 1)
-    seen = depth[vc, uc]
-    covered = on_image & inside[vc, uc] & (seen > 0)
+    uv, z = project_points(mirrored, viewmat, K)
+    seen = sample_nearest(depth, uv)                       # 0 off the image
+    covered = (sample_nearest(inside, uv) > 0.5) & (seen > 0)
     cost = np.zeros(len(points))
     # Outside the silhouette: the view would show it. Cost: its distance to the visible points.
     outside = ~covered
     if outside.any():
         cost[outside] = tree.query(mirrored[outside])[0]
     # In front of the visible surface: it would hide what the view shows.
-    front = covered & (cam[:, 2] < seen - tolerance)
-    cost[front] = seen[front] - cam[front, 2]
+    front = covered & (z < seen - tolerance)
+    cost[front] = seen[front] - z[front]
     # On the visible surface: it must be one of the visible points.
-    on_surface = covered & (np.abs(cam[:, 2] - seen) <= tolerance)
+    on_surface = covered & (np.abs(z - seen) <= tolerance)
     if on_surface.any():
         cost[on_surface] = tree.query(mirrored[on_surface])[0]
     return float(cost.mean())
@@ -117,9 +112,10 @@ def estimate_mirror_plane(depth: np.ndarray, mask: np.ndarray, viewmat: np.ndarr
     rng = np.random.default_rng(seed)
     tree = cKDTree(points)
     probe = points[rng.choice(len(points), min(samples, len(points)), replace=False)]
-    centre = points.mean(0)
-    extent = float(np.linalg.norm(points - centre, axis=1).max())
-    inside = mask > 0.5
+    extent = float(np.linalg.norm(points - points.mean(0), axis=1).max())
+    # Offsets are searched about the centroid, or fixed to the plane through ``through``.
+    centre = points.mean(0) if through is None else np.asarray(through, dtype=np.float64).reshape(3)
+    inside = (mask > 0.5).astype(np.float32)
     tolerance = 0.03 * extent
     viewmat = viewmat.astype(np.float64)
     K = K.astype(np.float64)
@@ -129,13 +125,12 @@ def estimate_mirror_plane(depth: np.ndarray, mask: np.ndarray, viewmat: np.ndarr
         return _violation(probe, tree, normal, float(normal @ centre) + shift, depth, inside,
                           viewmat, K, tolerance)
 
-    if through is not None:
-        centre = np.asarray(through, dtype=np.float64).reshape(3)
-        offsets = 1
     phi_step = np.pi / azimuths
-    shift_step = 0.8 * extent / max(offsets - 1, 1)
-    shifts = np.linspace(-0.4, 0.4, offsets) * extent if offsets > 1 else [0.0]
-    fine = range(-5, 6) if offsets > 1 else [0]
+    if through is None:
+        shift_step = 0.8 * extent / (offsets - 1)
+        shifts, fine = np.linspace(-0.4, 0.4, offsets) * extent, range(-5, 6)
+    else:
+        shift_step, shifts, fine = 0.0, [0.0], [0]
     _, phi0, shift0 = min((score(phi, shift), phi, shift)
                           for phi in np.arange(azimuths) * phi_step for shift in shifts)
     best, phi, shift = min((score(phi0 + a * phi_step / 5, shift0 + b * shift_step / 5),

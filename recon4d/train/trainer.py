@@ -31,7 +31,7 @@ from recon4d.losses import geometry, motion, photometric, priors
 from recon4d.losses.robust import FrameWeights
 from recon4d.losses.schedule import weights_at
 from recon4d.model.canonical import CanonicalSurfels
-from recon4d.model.init import init_from_masks, kmeans_bones, to_torch
+from recon4d.model.init import init_from_masks, kmeans_bones, object_depth, to_torch
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
 from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
 from recon4d.model.symmetry import MirrorPlane, estimate_mirror_plane, mirror_loss
@@ -419,7 +419,7 @@ class Trainer:
         """(3,) world point the fit assumes the object is centred on: on frame f's optical
         axis at the depth the init places it (the world origin's depth, else the hint)."""
         view = np.asarray(self.dataset.cameras.viewmats[f], dtype=np.float64)
-        depth = float(view[2, 3]) if float(view[2, 3]) > 0.1 else self.config.model.depth_hint
+        depth = object_depth(view, self.config.model.depth_hint)
         cam2world = np.linalg.inv(view)
         return cam2world[:3, :3] @ np.array([0.0, 0.0, depth]) + cam2world[:3, 3]
 
@@ -540,8 +540,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self._neighbours = state.get("neighbours")
         plane = state.get("mirror_plane")
-        self.mirror_plane = None if plane is None else MirrorPlane(
-            tuple(float(v) for v in plane["normal"]), float(plane["offset"]), float(plane["violation"]))
+        self.mirror_plane = None if plane is None else MirrorPlane(**{**plane, "normal": tuple(plane["normal"])})
         self._plane_searched = bool(state.get("plane_searched", False))
         return True
 
