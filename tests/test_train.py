@@ -252,7 +252,8 @@ def test_fit_cli_runs_on_a_dataset(ball, tmp_path):
     sym = tmp_path / "sym"
     assert main(["fit", str(ball), "--out", str(sym), "--preset", "test", "--steps", "1",
                  "--symmetry", "2.5", "--quiet"]) == 0
-    assert json.loads((sym / "config.json").read_text())["config"]["full"]["losses"]["symmetry"] == 2.5
+    saved = json.loads((sym / "config.json").read_text())["config"]
+    assert saved["full"]["losses"]["symmetry"] == 2.5 and saved["coarse"]["losses"]["symmetry"] == 2.5
     assert main(["fit", str(ball), "--out", str(tmp_path / "neg"), "--symmetry", "-1", "--quiet"]) == 2
 
 

@@ -43,7 +43,7 @@ class Config:
     symmetry: Optional[float] = None
     """Weight of the mirror-symmetry term (0 = off, the default; try 1): fills in the side a
     fixed camera never sees from the side it sees, for mirror-symmetric subjects of clips
-    ingested with --depth (docs/fit.md)."""
+    ingested with --depth (docs/fit.md). Sets it in both stages."""
     threads: Optional[int] = None
     """CPU threads (default: torch's; 1 can be faster on a busy machine)."""
     viewer: bool = False
@@ -88,6 +88,9 @@ def run(config: Config) -> int:
     if config.symmetry is not None:
         if config.symmetry < 0:
             raise UserError(f"--symmetry must be 0 or more, got {config.symmetry}")
+        # Both stages: with depth maps the plane is known from the start (the coarse stage is
+        # where the hidden side takes shape); without them the trainer waits for the full stage.
+        overrides["coarse.losses.symmetry"] = config.symmetry
         overrides["full.losses.symmetry"] = config.symmetry
     viewer = _live_viewer(config.out) if config.viewer else None
     try:

@@ -390,29 +390,46 @@ class Trainer:
 
     @torch.no_grad()
     def _find_mirror_plane(self) -> MirrorPlane | None:
-        """The subject's upright mirror plane in the canonical frame, found once (when the
-        symmetry term first acts) from the first training frame: the model's depth there and
-        the frame's mask (recon4d.model.symmetry), through the object centre the fit assumes,
-        then taken back to the canonical frame through that frame's root pose. With a fixed
-        camera the depth is only as good as the user depth prior made it."""
-        if not self._plane_searched:
-            self._plane_searched = True
-            f = self.train_frames[0]
-            cams = self.model.cameras([f])
+        """The subject's upright mirror plane in the canonical frame, found once (see
+        recon4d.model.symmetry) from the first training frame and its mask.
+
+        Its direction comes from the user's depth map of that frame where the dataset has
+        ``depth``-kind maps: they exist before the fit has a shape, so the term can shape the
+        coarse stage too, and an unknown scale of the map does not turn the plane. Otherwise
+        (disparity maps, whose unknown offset bends the back-projected shape, or none) it comes
+        from the model's rendered depth, and not before the full stage: the coarse model is the
+        init's flat volume, whose plane faces the camera. How far from the camera the plane
+        lies is not taken from the depth (the fit's visible surface and a map's scale are both
+        uncertain along the view): it is held through the object centre the fit assumes, then
+        taken back to the canonical frame through that frame's root pose (docs/fit.md has the
+        figures). None until found, and for good when there is too little depth."""
+        if self._plane_searched:
+            return self.mirror_plane
+        from_map = self.depth is not None and self.depth_kind == "depth"
+        if not from_map and self.stage_name == "coarse":
+            return None
+        self._plane_searched = True
+        f = self.train_frames[0]
+        cams = self.model.cameras([f])
+        mask = self.dataset.masks[f]
+        if from_map:
+            depth, source = self.depth[f].cpu().numpy(), "the depth map"
+        else:
             out = render(self.model.surfels_at(self.times[f]), cams, backend=self.config.backend)
-            mask = self.dataset.masks[f]
-            depth = out.depth[0].cpu().numpy() * (mask > 0.5)
-            world = estimate_mirror_plane(depth, mask, cams.viewmats[0].cpu().numpy(),
-                                          cams.Ks[0].cpu().numpy(), seed=self.config.seed,
-                                          through=self._assumed_centre(f))
-            if world is None:
-                console.warn("symmetry term off: the first training frame renders too little depth")
-            else:
-                q, t = self.model.warp.root.rt_at(self.times[f])
-                self.mirror_plane = world.pulled_back(q.cpu(), t.cpu())
-                n = world.normal
-                console.info(f"mirror plane: normal ({n[0]:.3f}, {n[1]:.3f}, {n[2]:.3f}), offset "
-                             f"{world.offset:.3f}, violation {world.violation:.4f}")
+            depth, source = out.depth[0].cpu().numpy() * (mask > 0.5), "the rendered depth"
+        found = estimate_mirror_plane(depth, mask, cams.viewmats[0].cpu().numpy(),
+                                      cams.Ks[0].cpu().numpy(), seed=self.config.seed)
+        if found is None:
+            console.warn(f"symmetry term off: {source} of the first training frame covers too "
+                         "little of the mask")
+            return None
+        centre = self._assumed_centre(f)
+        world = MirrorPlane(found.normal, float(np.dot(found.normal, centre)), found.violation)
+        q, t = self.model.warp.root.rt_at(self.times[f])
+        self.mirror_plane = world.pulled_back(q.cpu(), t.cpu())
+        n = world.normal
+        console.info(f"mirror plane from {source}: normal ({n[0]:.3f}, {n[1]:.3f}, {n[2]:.3f}), "
+                     f"offset {world.offset:.3f}, violation {world.violation:.4f}")
         return self.mirror_plane
 
     def _assumed_centre(self, f: int) -> np.ndarray:
