@@ -12,7 +12,8 @@ import torch
 from scipy.spatial import cKDTree
 
 from recon4d.model.rotations import axis_angle_to_quat, quat_rotate
-from recon4d.model.symmetry import MirrorPlane, estimate_mirror_plane, mirror_loss
+from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
+                                    mirror_plane_from_disparity)
 
 
 def _mesh_mirror_plane(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -58,6 +59,26 @@ def test_one_view_finds_the_creatures_mirror_plane(creature):
                                  through=centre)
     assert float(np.dot(held.normal, centre)) == pytest.approx(held.offset, abs=1e-9)
     assert math.degrees(math.acos(min(1.0, abs(float(np.dot(held.normal, truth_normal)))))) < 4.0
+
+
+def test_a_disparity_maps_unknown_offset_is_searched(creature):
+    from recon4d.scenes.oracle import oracle_maps
+
+    data, gt = creature
+    truth_normal, _ = _mesh_mirror_plane(gt.vertices[0].astype(np.float64))
+    mask = data.masks[0]
+    disparity = oracle_maps(gt.depth[:1], "disparity")[0]   # a / z + b, a and b unknown
+    known = (mask > 0.5) & (disparity > 0)
+
+    def angle(plane):
+        return math.degrees(math.acos(min(1.0, abs(float(np.dot(plane.normal, truth_normal))))))
+
+    found = mirror_plane_from_disparity(disparity, mask, gt.viewmats[0], gt.Ks[0])
+    # Taking the map for plain inverse depth (b = 0) bends the shape and turns the plane.
+    plain = estimate_mirror_plane(np.where(known, 1.0 / np.maximum(disparity, 1e-9), 0.0), mask,
+                                  gt.viewmats[0], gt.Ks[0])
+    assert angle(found) < 2.0 and angle(found) < angle(plain), (angle(found), angle(plain))
+    assert mirror_plane_from_disparity(np.zeros_like(disparity), mask, gt.viewmats[0], gt.Ks[0]) is None
 
 
 def test_too_little_depth_gives_no_plane():

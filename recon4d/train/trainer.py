@@ -34,7 +34,8 @@ from recon4d.model.canonical import CanonicalSurfels
 from recon4d.model.init import init_from_masks, kmeans_bones, object_depth, to_torch
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
 from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
-from recon4d.model.symmetry import MirrorPlane, estimate_mirror_plane, mirror_loss
+from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
+                                    mirror_plane_from_disparity)
 from recon4d.model.warp import GaussianBoneSkinning
 from recon4d.render import render
 from recon4d.rundir import RunDir, to_jsonable
@@ -393,32 +394,37 @@ class Trainer:
         """The subject's upright mirror plane in the canonical frame, found once (see
         recon4d.model.symmetry) from the first training frame and its mask.
 
-        Its direction comes from the user's depth map of that frame where the dataset has
-        ``depth``-kind maps: they exist before the fit has a shape, so the term can shape the
-        coarse stage too, and an unknown scale of the map does not turn the plane. Otherwise
-        (disparity maps, whose unknown offset bends the back-projected shape, or none) it comes
-        from the model's rendered depth, and not before the full stage: the coarse model is the
-        init's flat volume, whose plane faces the camera. How far from the camera the plane
-        lies is not taken from the depth (the fit's visible surface and a map's scale are both
-        uncertain along the view): it is held through the object centre the fit assumes, then
-        taken back to the canonical frame through that frame's root pose (docs/fit.md has the
-        figures). None until found, and for good when there is too little depth."""
+        Its direction comes from the user's map of that frame where the dataset has maps: they
+        exist before the fit has a shape, so the term can shape the coarse stage too (where the
+        hidden side takes shape); a depth map's unknown scale does not turn the plane, a
+        disparity map's unknown offset is searched (recon4d.model.symmetry). Without maps it
+        comes from the model's rendered depth, and not before the full stage: the coarse model
+        is the init's flat volume, whose plane faces the camera. How far from the camera the
+        plane lies is not taken from the depth (a map's scale and the fit's visible surface are
+        both uncertain along the view): it is held through the object centre the fit assumes,
+        then taken back to the canonical frame through that frame's root pose (docs/fit.md has
+        the figures). None until found, and for good when there is too little depth."""
         if self._plane_searched:
             return self.mirror_plane
-        from_map = self.depth is not None and self.depth_kind == "depth"
+        from_map = self.depth is not None
         if not from_map and self.stage_name == "coarse":
             return None
         self._plane_searched = True
         f = self.train_frames[0]
         cams = self.model.cameras([f])
         mask = self.dataset.masks[f]
-        if from_map:
-            depth, source = self.depth[f].cpu().numpy(), "the depth map"
+        viewmat, K = cams.viewmats[0].cpu().numpy(), cams.Ks[0].cpu().numpy()
+        if from_map and self.depth_kind == "disparity":
+            source = "the disparity map"
+            found = mirror_plane_from_disparity(self.depth[f].cpu().numpy(), mask, viewmat, K,
+                                                seed=self.config.seed)
         else:
-            out = render(self.model.surfels_at(self.times[f]), cams, backend=self.config.backend)
-            depth, source = out.depth[0].cpu().numpy() * (mask > 0.5), "the rendered depth"
-        found = estimate_mirror_plane(depth, mask, cams.viewmats[0].cpu().numpy(),
-                                      cams.Ks[0].cpu().numpy(), seed=self.config.seed)
+            if from_map:
+                depth, source = self.depth[f].cpu().numpy(), "the depth map"
+            else:
+                out = render(self.model.surfels_at(self.times[f]), cams, backend=self.config.backend)
+                depth, source = out.depth[0].cpu().numpy() * (mask > 0.5), "the rendered depth"
+            found = estimate_mirror_plane(depth, mask, viewmat, K, seed=self.config.seed)
         if found is None:
             console.warn(f"symmetry term off: {source} of the first training frame covers too "
                          "little of the mask")
