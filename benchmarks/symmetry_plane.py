@@ -30,32 +30,19 @@ REPO = Path(__file__).resolve().parents[1]
 DEGRADATIONS = {"exact": 0.0, "blur 1.5 px + 3 %": 0.03, "blur 1.5 px + 10 %": 0.10}
 
 
-def mesh_mirror_normal(vertices: np.ndarray) -> np.ndarray:
-    """(V, 3) -> (3,) normal of the upright plane through the centroid that maps the mesh onto
-    itself best (mean nearest-vertex distance of the reflections)."""
-    from scipy.spatial import cKDTree
-
-    tree, centre, best = cKDTree(vertices), vertices.mean(0), None
-    for phi in np.linspace(0, np.pi, 360, endpoint=False):
-        n = np.array([np.cos(phi), 0.0, np.sin(phi)])
-        err = tree.query((vertices - 2 * ((vertices - centre) @ n)[:, None] * n)[::5])[0].mean()
-        if best is None or err < best[0]:
-            best = (err, n)
-    return best[1]
-
-
-def degrade(values: np.ndarray, mask: np.ndarray, noise: float, rng) -> np.ndarray:
+def degrade(values: np.ndarray, mask: np.ndarray, noise: float, rng, edge_px: int) -> np.ndarray:
     """(H, W) map -> the map an estimator might give: blurred across the silhouette and off by a
-    smooth relative error; 0 (unknown) within 2 px of the silhouette, as the fit ignores it."""
+    smooth relative error; 0 (unknown) within ``edge_px`` of the silhouette, as the fit does."""
     import cv2
+
+    from recon4d.data.depth import inner_masks
 
     out = values.astype(np.float64)
     if noise > 0:
         out = cv2.GaussianBlur(out, (0, 0), 1.5)
         field = cv2.resize(rng.normal(size=(4, 4)), out.shape[::-1], interpolation=cv2.INTER_CUBIC)
         out = out * (1 + noise * field)
-    inner = cv2.erode((mask > 0.5).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    return out * inner
+    return out * inner_masks(mask[None], edge_px)[0]
 
 
 def main() -> None:
@@ -66,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from recon4d.data.dataset import load_dataset
-    from recon4d.model.symmetry import estimate_mirror_plane, mirror_plane_from_disparity
+    from recon4d.model.symmetry import mirror_plane_from_map, mirror_plane_of_points
+    from recon4d.train.config import FitConfig
     from recon4d.scenes import load_ground_truth, make_scene
     from recon4d.scenes.oracle import oracle_maps
 
@@ -78,15 +66,12 @@ def main() -> None:
         for kind in ("depth", "disparity"):
             maps = oracle_maps(gt.depth[:args.frames], kind, seed=args.seed)
             for f in range(args.frames):
-                truth = mesh_mirror_normal(gt.vertices[f].astype(np.float64))
+                truth = np.array(mirror_plane_of_points(gt.vertices[f].astype(np.float64)).normal)
                 mask = data.masks[f]
                 for label, noise in DEGRADATIONS.items():
-                    values = degrade(maps[f], mask, noise, rng)
-                    if kind == "depth":
-                        plane = estimate_mirror_plane(values, mask, gt.viewmats[f], gt.Ks[f], seed=args.seed)
-                    else:
-                        plane = mirror_plane_from_disparity(values, mask, gt.viewmats[f], gt.Ks[f],
-                                                            seed=args.seed)
+                    values = degrade(maps[f], mask, noise, rng, FitConfig().depth_edge_px)
+                    plane = mirror_plane_from_map(values, kind, mask, gt.viewmats[f], gt.Ks[f],
+                                                  seed=args.seed)
                     angle = None if plane is None else math.degrees(
                         math.acos(min(1.0, abs(float(np.dot(plane.normal, truth))))))
                     rows.append({"kind": kind, "frame": f, "map": label, "angle_deg": angle})

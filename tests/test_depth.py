@@ -240,10 +240,10 @@ def test_depth_prior_recovers_the_depth_a_fixed_camera_cannot_see(tmp_path):
 
 
 def test_depth_near_the_mask_border_is_not_trusted():
-    from recon4d.train.trainer import _inner_masks
+    from recon4d.data.depth import inner_masks
 
     masks = np.zeros((1, 12, 12), np.float32)
     masks[0, 2:10, 2:10] = 1.0
-    assert _inner_masks(masks, 0).sum() == 64
-    inner = _inner_masks(masks, 2)
+    assert inner_masks(masks, 0).sum() == 64
+    inner = inner_masks(masks, 2)
     assert inner.sum() == 16 and inner[0, 4:8, 4:8].all()

@@ -9,26 +9,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.spatial import cKDTree
 
 from recon4d.model.rotations import axis_angle_to_quat, quat_rotate
 from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
-                                    mirror_plane_from_disparity)
+                                    mirror_plane_from_disparity, mirror_plane_of_points)
 
 
 def _mesh_mirror_plane(vertices: np.ndarray) -> tuple[np.ndarray, float]:
-    """Brute force over upright planes through the centroid, scored on the whole mesh (every
-    side of it, which no single view has): the reference the one-view estimate must find."""
-    tree = cKDTree(vertices)
-    centre = vertices.mean(0)
-    best = None
-    for phi in np.linspace(0, np.pi, 360, endpoint=False):
-        n = np.array([np.cos(phi), 0.0, np.sin(phi)])
-        mirrored = vertices - 2 * ((vertices - centre) @ n)[:, None] * n
-        err = tree.query(mirrored[::5])[0].mean()
-        if best is None or err < best[0]:
-            best = (err, n)
-    return best[1], float(best[1] @ centre)
+    """The whole ground-truth mesh's plane (every side of it, which no single view has): the
+    reference the one-view estimate must find."""
+    plane = mirror_plane_of_points(vertices)
+    return np.array(plane.normal), plane.offset
 
 
 @pytest.fixture(scope="module")

@@ -177,6 +177,36 @@ def mirror_plane_from_disparity(disparity: np.ndarray, mask: np.ndarray, viewmat
     return estimate_mirror_plane(best[1], mask, viewmat, K, seed=seed)
 
 
+def mirror_plane_from_map(values: np.ndarray, kind: str, mask: np.ndarray, viewmat: np.ndarray,
+                          K: np.ndarray, seed: int = 0) -> MirrorPlane | None:
+    """The upright mirror plane from a user map of ``kind`` "depth" (scale unknown: searched
+    as it is) or "disparity" (offset unknown too: :func:`mirror_plane_from_disparity`).
+    values, mask: (H, W), 0 = unknown; viewmat (4, 4), K (3, 3). Use the normal: the offset is
+    in the map's arbitrary scale."""
+    if kind == "disparity":
+        return mirror_plane_from_disparity(values, mask, viewmat, K, seed=seed)
+    return estimate_mirror_plane(values, mask, viewmat, K, seed=seed)
+
+
+def mirror_plane_of_points(points: np.ndarray, azimuths: int = 360, stride: int = 5) -> MirrorPlane:
+    """The upright plane through the centroid of ``points`` (N, 3) that maps them onto
+    themselves best, by brute force over ``azimuths`` directions (half a turn), scoring every
+    ``stride``-th point's reflection by its distance to the nearest point. On a whole
+    ground-truth mesh (every side, which no single view has) this is the reference the one-view
+    estimates are measured against; ``violation`` is that mean distance (scene units)."""
+    from scipy.spatial import cKDTree
+
+    tree, centre, best = cKDTree(points), points.mean(0), None
+    for phi in np.linspace(0, np.pi, azimuths, endpoint=False):
+        n = np.array([np.cos(phi), 0.0, np.sin(phi)])
+        mirrored = points - 2 * ((points - centre) @ n)[:, None] * n
+        err = float(tree.query(mirrored[::stride])[0].mean())
+        if best is None or err < best[0]:
+            best = (err, n)
+    err, n = best
+    return MirrorPlane(tuple(float(v) for v in n), float(n @ centre), err)
+
+
 def mirror_loss(points: Tensor, rows: Tensor, plane: MirrorPlane, extent: float) -> Tensor:
     """Mean distance from the mirror images of ``points[rows]`` to the nearest of ``points``
     (N, 3), / ``extent``: zero for a shape symmetric about ``plane``; gradients move both the

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from recon4d.data.dataset import Dataset
+from recon4d.data.depth import inner_masks
 from recon4d.errors import UserError
 from recon4d.losses import geometry, motion, photometric, priors
 from recon4d.losses.robust import FrameWeights
@@ -35,7 +36,7 @@ from recon4d.model.init import init_from_masks, kmeans_bones, object_depth, to_t
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
 from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
 from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
-                                    mirror_plane_from_disparity)
+                                    mirror_plane_from_map)
 from recon4d.model.warp import GaussianBoneSkinning
 from recon4d.render import render
 from recon4d.rundir import RunDir, to_jsonable
@@ -63,20 +64,6 @@ def _weight_used(config: FitConfig, name: str) -> bool:
         if (isinstance(w, (int, float)) and w > 0) or (isinstance(w, list) and any(v > 0 for _, v in w)):
             return True
     return False
-
-
-def _inner_masks(masks: np.ndarray, edge_px: int) -> np.ndarray:
-    """(F, H, W) float 1 on object pixels at least ``edge_px`` from the mask border, else 0.
-
-    Estimated depth is least reliable at silhouettes: estimators blur object and background
-    there. Default scene with a map blurred by 1.5 px (and 3 % noise): Chamfer 4.48 % of the
-    diagonal using every pixel, 3.98 % ignoring 2 px at the border (exact map: 2.88 / 3.02 %)."""
-    from scipy import ndimage
-
-    inside = masks > 0.5
-    if edge_px > 0:
-        inside = np.stack([ndimage.binary_erosion(m, iterations=edge_px) for m in inside])
-    return inside.astype(np.float32)
 
 
 class Trainer:
@@ -112,7 +99,7 @@ class Trainer:
         if _weight_used(config, "depth"):
             loaded_depth = dataset.load_depth()
             if loaded_depth is not None:
-                maps = loaded_depth[0] * _inner_masks(dataset.masks, config.depth_edge_px)
+                maps = loaded_depth[0] * inner_masks(dataset.masks, config.depth_edge_px)
                 self.depth = torch.as_tensor(maps, device=self.device)  # (F, H, W), 0 = unknown
                 self.depth_kind = loaded_depth[1]
                 console.info(f"depth prior on: the dataset's {self.depth_kind} maps")
@@ -414,17 +401,15 @@ class Trainer:
         cams = self.model.cameras([f])
         mask = self.dataset.masks[f]
         viewmat, K = cams.viewmats[0].cpu().numpy(), cams.Ks[0].cpu().numpy()
-        if from_map and self.depth_kind == "disparity":
-            source = "the disparity map"
-            found = mirror_plane_from_disparity(self.depth[f].cpu().numpy(), mask, viewmat, K,
-                                                seed=self.config.seed)
+        if from_map:
+            source = f"the {self.depth_kind} map"
+            found = mirror_plane_from_map(self.depth[f].cpu().numpy(), self.depth_kind, mask,
+                                          viewmat, K, seed=self.config.seed)
         else:
-            if from_map:
-                depth, source = self.depth[f].cpu().numpy(), "the depth map"
-            else:
-                out = render(self.model.surfels_at(self.times[f]), cams, backend=self.config.backend)
-                depth, source = out.depth[0].cpu().numpy() * (mask > 0.5), "the rendered depth"
-            found = estimate_mirror_plane(depth, mask, viewmat, K, seed=self.config.seed)
+            source = "the rendered depth"
+            out = render(self.model.surfels_at(self.times[f]), cams, backend=self.config.backend)
+            found = estimate_mirror_plane(out.depth[0].cpu().numpy() * (mask > 0.5), mask, viewmat,
+                                          K, seed=self.config.seed)
         if found is None:
             console.warn(f"symmetry term off: {source} of the first training frame covers too "
                          "little of the mask")
