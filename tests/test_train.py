@@ -404,3 +404,29 @@ def test_between_frames_term_runs_in_the_fit_and_pulls_toward_the_spline(ball, t
         loss.backward()
         opt.step()
     assert values[0] > 0 and values[-1] < 0.5 * values[0]
+
+
+def test_init_profile_auto_is_round_without_depth_maps_and_linear_with_them(ball, tmp_path,
+                                                                           monkeypatch):
+    """The fixed-camera init inflates the silhouette with a round section unless the dataset
+    carries user depth maps (docs/fit.md has the measurements behind the rule)."""
+    import shutil
+
+    import recon4d.train.trainer as trainer_module
+    from recon4d.data.depth import attach_depth
+
+    used = []
+    real = trainer_module.init_from_masks
+
+    def recording(*args, **kwargs):
+        used.append(kwargs["profile"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "init_from_masks", recording)
+    config = _tiny(coarse_surfels=0, **{"full.steps": 1, "checkpoint_every": 100})
+    fit(ball, tmp_path / "plain", config=config)
+    with_maps = shutil.copytree(ball, tmp_path / "with_maps")
+    attach_depth(with_maps, np.full((8, 32, 32), 2.5, np.float32), "depth", source="test")
+    fit(with_maps, tmp_path / "mapped", config=apply_overrides(config, {"full.losses.depth": 0.1}))
+    fit(ball, tmp_path / "forced", config=apply_overrides(config, {"model.init_profile": "linear"}))
+    assert used == ["round", "linear", "linear"]

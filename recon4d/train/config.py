@@ -43,6 +43,13 @@ class ModelConfig:
     """Bone translation output multiplier, in units of the object extent."""
     init_grid: int = 64
     """Voxels along the object's box for the mask-based init."""
+    init_profile: str = "auto"
+    """Cross-section of the fixed-camera init's inflated silhouette: 'round' (a limb of
+    half-width R gets a circular section), 'linear' (half-thickness = distance to the
+    silhouette border, a diamond section) or 'auto': round without user depth maps, where the
+    hidden side keeps much of the init's shape (default scene: Chamfer 5.0 -> 4.4 %), linear
+    with them, where the map shapes the front and the round init's extra volume lingers at
+    the sides (novel views -1.4 dB; docs/fit.md)."""
     depth_hint: float = 2.7
     """Object depth (scene units) when the dataset's cameras do not place the object."""
 

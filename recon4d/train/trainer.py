@@ -140,9 +140,13 @@ class Trainer:
         ds = self.dataset
         reference = self.train_frames[0]
         count = cfg.coarse_surfels if self.coarse_steps > 0 else cfg.model.num_surfels
+        profile = cfg.model.init_profile
+        if profile == "auto":
+            profile = "linear" if self.depth is not None else "round"
         init = init_from_masks(ds.frames, ds.masks, ds.cameras.viewmats, ds.cameras.Ks, count,
                                reference=reference, grid=cfg.model.init_grid,
-                               depth_hint=cfg.model.depth_hint, seed=cfg.seed)
+                               depth_hint=cfg.model.depth_hint, seed=cfg.seed,
+                               profile=profile)
         self.extent = float(init.extent)
         canonical = CanonicalSurfels.from_points(to_torch(init.points), to_torch(init.normals),
                                                  to_torch(init.colors), init.scale,
