@@ -382,7 +382,7 @@ def test_between_frames_term_runs_in_the_fit_and_pulls_toward_the_spline(ball, t
     from recon4d.train.trainer import Trainer
 
     config = _tiny(coarse_surfels=0, **{"full.steps": 6, "full.losses": {"between": 100.0},
-                                        "checkpoint_every": 100})
+                                        "between_still": 0.0, "checkpoint_every": 100})
     run_dir = fit(ball, tmp_path / "between", config=config)
     steps = [r for r in RunDir(run_dir).read_metrics_log() if r.get("stage") == "full"]
     assert len(steps) == 6 and all(np.isfinite(r["between"]) for r in steps)
@@ -404,6 +404,48 @@ def test_between_frames_term_runs_in_the_fit_and_pulls_toward_the_spline(ball, t
         loss.backward()
         opt.step()
     assert values[0] > 0 and values[-1] < 0.5 * values[0]
+
+
+
+def test_between_gate_pulls_still_surfels_only(ball, tmp_path, monkeypatch):
+    """With ``between_still`` the term counts only surfels that hold still between the two
+    training frames; without it every surfel counts. The fake motion: every surfel bends off
+    its keyframe positions by the same amount between training frames, odd rows also travel
+    fast along x (uniform motion, which the spline reproduces exactly)."""
+    from recon4d.data.dataset import load_dataset
+    from recon4d.train.trainer import Trainer
+
+    config = _tiny(coarse_surfels=0, **{"full.steps": 1, "checkpoint_every": 100})
+    trainer = Trainer(load_dataset(ball), RunDir(tmp_path / "gate"),
+                      resolve_for_dataset(config, 32, 32, 8))
+    trainer.initialise()
+    extent = trainer.extent
+    keys = [float(k) for k in trainer.times[trainer.train_frames]]
+    calls = []
+
+    def bend(t):
+        return min(abs(t - k) for k in keys) * extent  # 0 at every training frame
+
+    def fake_deformed_means(rows, t):
+        t = float(t)
+        calls.append((rows, t))
+        out = torch.zeros(len(rows), 3)
+        out[:, 1] = bend(t)
+        out[rows % 2 == 1, 0] = 10 * extent * t
+        return out
+
+    monkeypatch.setattr(trainer.model, "deformed_means", fake_deformed_means)
+    losses = {}
+    for gate in (0.0, 0.01):
+        trainer.config.between_still = gate
+        trainer.generator.manual_seed(0)
+        losses[gate] = float(trainer._between_term())
+        rows, t = calls[-1]
+        assert bend(t) > 0  # the term was evaluated between two training frames
+    still = (rows % 2 == 0).float()
+    assert 0.2 < float(still.mean()) < 0.8
+    assert losses[0.0] == pytest.approx(bend(t) ** 2, rel=1e-4)
+    assert losses[0.01] == pytest.approx(float(still.mean()) * bend(t) ** 2, rel=1e-4)
 
 
 def test_init_profile_auto_is_round_without_depth_maps_and_linear_with_them(ball, tmp_path,

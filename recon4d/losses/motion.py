@@ -95,7 +95,9 @@ def hermite_between(points: Tensor, times: Tensor, t: float) -> Tensor:
     return h00 * x_a + h10 * h * m_a + h01 * x_b + h11 * h * m_b
 
 
-def between_frames_loss(means_t: Tensor, predicted: Tensor) -> Tensor:
+def between_frames_loss(means_t: Tensor, predicted: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mean squared distance (S, 3) - (S, 3) between positions at a time between two training
-    frames and their spline prediction from the neighbouring training frames."""
-    return ((means_t - predicted) ** 2).sum(-1).mean()
+    frames and their prediction from the neighbouring training frames; ``weights`` (S,), when
+    given, weigh each surfel's term (the mean stays over all S)."""
+    sq = ((means_t - predicted) ** 2).sum(-1)
+    return (sq if weights is None else sq * weights).mean()

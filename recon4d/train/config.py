@@ -114,8 +114,8 @@ class StageConfig:
     losses: dict[str, Weight] = field(default_factory=dict)
     """Loss name -> weight or [[progress, weight], ...] schedule. Names: photo, mask, normal,
     distortion, rigidity, bone_smooth, root_smooth, skin_smooth, flow, depth, between (bone-warped
-    centres between training frames against the spline through their neighbours; off by
-    default, docs/fit.md), symmetry (the canonical shape against its mirror image through an
+    centres between training frames against their keyframes' prediction, gated by
+    ``FitConfig.between_still``; docs/fit.md), symmetry (the canonical shape against its mirror image through an
     upright plane estimated from the first training frame; meant for fixed cameras with user
     depth, docs/fit.md)."""
     ssim_weight: float = 0.2
@@ -137,6 +137,9 @@ def _full_losses() -> dict[str, Weight]:
         "depth": 0.1,
         # Mirror symmetry about an upright plane found from the view; off by default (docs/fit.md).
         "symmetry": 0.0,
+        # Parts that hold still between two training frames stay still between them
+        # (FitConfig.between_still gates it).
+        "between": 100.0,
     }
 
 
@@ -162,6 +165,14 @@ class FitConfig:
     """User depth (ingest --depth) is ignored within this many pixels of each mask's border,
     where estimated maps blend object and background."""
     rigidity_samples: int = 1024
+    between_still: float = 0.01
+    """Gate of the ``between`` loss. Above 0 (default): only surfels that hold still between the
+    two training frames are pulled, toward the straight line between their positions there,
+    with weight exp(-(d / (between_still * extent))^2) for a move d: a part that holds still
+    between two frames is held still between them, a moving one is left to the time MLP
+    (hiphop_parrot +0.4 dB held-out, pecking_blue_jay_rgba +0.3 dB over two seeds; docs/fit.md).
+    0: every sampled surfel is pulled toward the cubic spline through its four nearest keys
+    (session 7's version, which cost the parrot 0.8-1.3 dB at weight 100)."""
     knn: int = 8
     robust_frames: bool = True
     """Per-frame robust weights (down-weight frames that stay much worse than the median)."""

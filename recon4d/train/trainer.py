@@ -363,9 +363,11 @@ class Trainer:
 
     def _between_term(self) -> Tensor:
         """Bone-warped positions (object frame) of sampled surfels at a random time between two
-        consecutive training frames (where held-out frames lie) against the cubic spline through
-        their positions at the four nearest training frames (detached): without it the time MLP
-        is free to wiggle between the frames it is fitted on. The root pose is left out: its
+        consecutive training frames (where held-out frames lie) against their prediction from
+        the keyframes (detached): without it the time MLP is free to wiggle between the frames
+        it is fitted on. With ``between_still`` > 0 (default) only surfels that hold still
+        between the two frames count, against the chord; with 0 every surfel counts, against
+        the cubic spline through the four nearest training frames. The root pose is left out: its
         keyframes are interpolated by rule, and pulling them toward the spline fed back into the
         next step's spline until the fit diverged (jay, parrot: 12 dB)."""
         model, train = self.model, self.train_frames
@@ -377,6 +379,15 @@ class Trainer:
         rows = self._sample_rows().to(self.device)
         with torch.no_grad():
             keyed = torch.stack([model.deformed_means(rows, float(k)) for k in key_times])
+        gate = self.config.between_still
+        if gate > 0:
+            # Still parts only, toward the chord: a held-out frame between two frames that agree
+            # should agree with them, whatever the frames around do.
+            s = (t - t_a) / (t_b - t_a)
+            predicted = keyed[1] + s * (keyed[2] - keyed[1])
+            moved = (keyed[2] - keyed[1]).norm(dim=-1) / (gate * self.extent)
+            return motion.between_frames_loss(model.deformed_means(rows, t), predicted,
+                                              torch.exp(-moved ** 2))
         predicted = motion.hermite_between(keyed, key_times, t)
         return motion.between_frames_loss(model.deformed_means(rows, t), predicted)
 
