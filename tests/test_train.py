@@ -406,7 +406,6 @@ def test_between_frames_term_runs_in_the_fit_and_pulls_toward_the_spline(ball, t
     assert values[0] > 0 and values[-1] < 0.5 * values[0]
 
 
-
 def test_between_gate_pulls_still_surfels_only(ball, tmp_path, monkeypatch):
     """With ``between_still`` the term counts only surfels that hold still between the two
     training frames; without it every surfel counts. The fake motion: every surfel bends off

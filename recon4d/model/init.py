@@ -93,15 +93,11 @@ def local_radius(mask: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray
     if dist is None:
         dist = ndimage.distance_transform_edt(mask)
     radius = np.zeros(mask.shape, np.float32)
-    largest = float(dist.max()) if mask.any() else 0.0
-    r = 1.0
-    while r <= largest:
-        core = dist >= r
-        if not core.any():
-            break
-        covered = ndimage.distance_transform_edt(~core) <= r
+    largest, r = float(dist.max()), 1.0
+    while r <= largest:  # the eroded core (dist >= r) is not empty
+        covered = ndimage.distance_transform_edt(dist < r) <= r
         radius[covered & mask] = r
-        r = max(r + 1.0, r * 1.05) if r < 20 else r * 1.05
+        r = max(r + 1.0, r * 1.05)
     return radius
 
 

@@ -115,9 +115,9 @@ class StageConfig:
     """Loss name -> weight or [[progress, weight], ...] schedule. Names: photo, mask, normal,
     distortion, rigidity, bone_smooth, root_smooth, skin_smooth, flow, depth, between (bone-warped
     centres between training frames against their keyframes' prediction, gated by
-    ``FitConfig.between_still``; docs/fit.md), symmetry (the canonical shape against its mirror image through an
-    upright plane estimated from the first training frame; meant for fixed cameras with user
-    depth, docs/fit.md)."""
+    ``FitConfig.between_still``; docs/fit.md), symmetry (the canonical shape against its mirror
+    image through an upright plane estimated from the first training frame; meant for fixed
+    cameras with user depth, docs/fit.md)."""
     ssim_weight: float = 0.2
     lr_scale: float = 1.0
 

@@ -377,17 +377,18 @@ class Trainer:
         t_a, t_b = float(key_times[1]), float(key_times[2])
         t = t_a + float(torch.rand((), generator=self.generator)) * (t_b - t_a)
         rows = self._sample_rows().to(self.device)
-        with torch.no_grad():
-            keyed = torch.stack([model.deformed_means(rows, float(k)) for k in key_times])
         gate = self.config.between_still
         if gate > 0:
             # Still parts only, toward the chord: a held-out frame between two frames that agree
-            # should agree with them, whatever the frames around do.
-            s = (t - t_a) / (t_b - t_a)
-            predicted = keyed[1] + s * (keyed[2] - keyed[1])
-            moved = (keyed[2] - keyed[1]).norm(dim=-1) / (gate * self.extent)
+            # should agree with them, whatever the frames around do. Only the bracketing keys.
+            with torch.no_grad():
+                x_a, x_b = (model.deformed_means(rows, v) for v in (t_a, t_b))
+            moved = (x_b - x_a).norm(dim=-1) / (gate * self.extent)
+            predicted = torch.lerp(x_a, x_b, (t - t_a) / (t_b - t_a))
             return motion.between_frames_loss(model.deformed_means(rows, t), predicted,
                                               torch.exp(-moved ** 2))
+        with torch.no_grad():
+            keyed = torch.stack([model.deformed_means(rows, float(k)) for k in key_times])
         predicted = motion.hermite_between(keyed, key_times, t)
         return motion.between_frames_loss(model.deformed_means(rows, t), predicted)
 
