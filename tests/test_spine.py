@@ -151,3 +151,18 @@ def test_wheel_contains_viewer_scenes_and_kernel_sources(tmp_path):
     assert "recon4d/viewer/__init__.py" in names
     assert any(n.startswith("recon4d/cuda/") and n.endswith((".cpp", ".cu")) for n in names) or \
         not any(p.suffix in (".cpp", ".cu") for p in (REPO / "cuda").iterdir())
+
+
+def test_line_progress_estimates_time_left(monkeypatch, capsys):
+    """Without a terminal, progress lines carry a remaining-time estimate from the mean pace."""
+    from recon4d.utils import console
+
+    clock = iter(float(t) for t in range(0, 1000, 10))  # start at 0, then 10 s per item
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(console, "bars_enabled", lambda: False)
+    assert list(console.track(range(4), description="fit", every=1)) == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "fit: 1/4 (10.0s, about 30s left)"
+    assert lines[1] == "fit: 2/4 (20.0s, about 20s left)"
+    assert lines[-1] == "fit: 4/4 (40.0s)"
+    assert console.format_duration(150) == "2 min" and console.format_duration(3900) == "1 h 05 min"

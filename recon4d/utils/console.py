@@ -79,5 +79,24 @@ def track(iterable: Iterable[T], total: int | None = None, description: str = "w
         yield item
         if not _state["quiet"] and (index % step == 0 or index == total):
             of = f"/{total}" if total else ""
-            print(f"{description}: {index}{of} ({time.monotonic() - start:.1f}s)",
-                  file=sys.stderr, flush=True)
+            elapsed = time.monotonic() - start
+            left = ""
+            if total and index < total:
+                left = f", about {format_duration(elapsed / index * (total - index))} left"
+            print(f"{description}: {index}{of} ({elapsed:.1f}s{left})", file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    """A rough human duration for progress lines: ``"40s"``, ``"3 min"``, ``"1 h 05 min"``.
+
+    Used for the remaining-time estimate of line-mode progress (logs, CI, batch jobs), which
+    extrapolates the mean time per item so far; it is a guide, not a promise (a fit's later
+    steps are slower than its coarse ones).
+    """
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
