@@ -197,6 +197,11 @@ class FitConfig:
     """Largest factor by which full-stage steps grow with the training frames beyond
     :data:`FRAMES_REFERENCE` (one frame per step: a long clip's frames would each be visited
     too rarely); 1 disables. Applied once when the fit starts, like ``resolution_scaling``."""
+    scaling_budget: float = 4.0
+    """Largest product of the two factors above. The frames factor is taken whole (each frame
+    must be visited) and the resolution factor gets what is left, so a long, large clip is not
+    scaled twice over (wave_hello, 70 frames at 256^2: 2x for the frames leaves 2x for the
+    area, its fit stays under the 15-minute budget)."""
     num_threads: int = 0
     """CPU threads for torch and the native renderer (0: torch's default). 1 is faster on an
     oversubscribed machine, where spinning thread pools fight each other."""
@@ -211,7 +216,9 @@ class FitConfig:
 def preset(name: str) -> FitConfig:
     """The named preset (see :data:`PRESETS`)."""
     if name == "cpu-fast":
-        return FitConfig(preset=name)
+        # 3x for large frames: 256^2 clips gain 1.4-1.7 dB held-out over 2x (pistol_v0, chest;
+        # docs/fit.md, session 13) at about 1.8x the fit time, inside the 15-minute budget.
+        return FitConfig(preset=name, resolution_scaling=3.0)
     if name == "gpu-quality":
         return FitConfig(
             preset=name,
@@ -236,10 +243,15 @@ def preset(name: str) -> FitConfig:
     raise ValueError(f"preset: must be one of {', '.join(PRESETS)}, got {name!r}")
 
 
-def scale_for_resolution(config: FitConfig, width: int, height: int) -> FitConfig:
+def scale_for_resolution(config: FitConfig, width: int, height: int,
+                         frames_factor: float = 1.0) -> FitConfig:
     """``config`` with full-stage steps and surfel budgets grown by
-    clamp(width * height / 128^2, 1, resolution_scaling), and resolution_scaling set to 1."""
-    factor = min(max(width * height / 128 ** 2, 1.0), max(config.resolution_scaling, 1.0))
+    clamp(width * height / 128^2, 1, min(resolution_scaling, scaling_budget / frames_factor)),
+    and resolution_scaling set to 1. ``frames_factor`` is what :func:`frames_factor` gives the
+    same clip (1 when the clip is not longer than the reference)."""
+    room = max(config.scaling_budget, 1.0) / max(frames_factor, 1.0)
+    factor = min(max(width * height / 128 ** 2, 1.0), max(config.resolution_scaling, 1.0),
+                 max(room, 1.0))
     if factor == 1.0:
         return dataclasses.replace(config, resolution_scaling=1.0)
     return dataclasses.replace(
@@ -258,13 +270,19 @@ def scale_for_frames(config: FitConfig, num_frames: int) -> FitConfig:
     """``config`` with full-stage steps grown by clamp(training frames / FRAMES_REFERENCE, 1,
     frames_scaling), and frames_scaling set to 1 (wave_hello, 53 training frames: 1800 -> 3600
     steps, held-out 27.3 -> 28.0 dB)."""
-    from recon4d.data.dataset import train_frame_indices
-
-    train = len(train_frame_indices(num_frames, config.all_frames))
-    factor = min(max(train / FRAMES_REFERENCE, 1.0), max(config.frames_scaling, 1.0))
+    factor = frames_factor(config, num_frames)
     return dataclasses.replace(
         config, frames_scaling=1.0,
         full=dataclasses.replace(config.full, steps=round(config.full.steps * factor)))
+
+
+def frames_factor(config: FitConfig, num_frames: int) -> float:
+    """clamp(training frames / FRAMES_REFERENCE, 1, frames_scaling) for a clip of
+    ``num_frames`` frames (1 once the config has been scaled: frames_scaling is then 1)."""
+    from recon4d.data.dataset import train_frame_indices
+
+    train = len(train_frame_indices(num_frames, config.all_frames))
+    return min(max(train / FRAMES_REFERENCE, 1.0), max(config.frames_scaling, 1.0))
 
 
 def auto_time_freqs(num_frames: int) -> int:
@@ -280,7 +298,8 @@ def resolve_for_dataset(config: FitConfig, width: int, height: int, num_frames: 
     resolution (:func:`scale_for_resolution`) and the clip length (:func:`scale_for_frames`),
     and ``model.time_freqs`` 0 replaced by :func:`auto_time_freqs`. config.json records the
     result, which resolves to itself (a resumed run does not grow again)."""
-    config = scale_for_frames(scale_for_resolution(config, width, height), num_frames)
+    by_frames = frames_factor(config, num_frames)
+    config = scale_for_frames(scale_for_resolution(config, width, height, by_frames), num_frames)
     if config.model.time_freqs <= 0:
         config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, time_freqs=auto_time_freqs(num_frames)))
