@@ -257,6 +257,22 @@ def test_fit_cli_runs_on_a_dataset(ball, tmp_path):
     assert main(["fit", str(ball), "--out", str(tmp_path / "neg"), "--symmetry", "-1", "--quiet"]) == 2
 
 
+def test_fit_cli_detail_sets_the_resolution_scaling(monkeypatch, tmp_path, capsys):
+    import recon4d.train.api as train_api
+
+    seen = {}
+    monkeypatch.setattr(train_api, "fit", lambda *args, overrides, **kw: seen.update(overrides)
+                        or tmp_path)
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "run"), "--detail", "3",
+                 "--quiet"]) == 0
+    assert seen["resolution_scaling"] == 3.0
+    assert apply_overrides(preset("cpu-fast"), seen).resolution_scaling == 3.0
+    capsys.readouterr()
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "bad"), "--detail", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--detail" in err[0]
+
+
 def test_rendered_flow_reads_back_the_surfel_motion():
     from recon4d.render.types import Cameras, Surfels
     from recon4d.train.flow import render_flow
@@ -289,17 +305,16 @@ def test_budgets_scale_with_image_area_once():
     base = preset("cpu-fast")
     same = scale_for_resolution(base, 128, 128)
     assert same.full.steps == base.full.steps and same.resolution_scaling == 1.0
-    assert base.resolution_scaling == 3.0
-    big = scale_for_resolution(base, 256, 256)  # 4x the area, capped at 3x the budget
-    assert big.full.steps == 3 * base.full.steps
-    assert big.model.num_surfels == 3 * base.model.num_surfels
-    assert big.strategy.max_surfels == 3 * base.strategy.max_surfels
+    big = scale_for_resolution(base, 256, 256)  # 4x the area, capped at 2x the budget
+    assert big.full.steps == 2 * base.full.steps
+    assert big.model.num_surfels == 2 * base.model.num_surfels
+    assert big.strategy.max_surfels == 2 * base.strategy.max_surfels
     assert scale_for_resolution(big, 256, 256) == big  # a resumed run does not grow again
     wide = scale_for_resolution(base, 192, 128)  # 1.5x the area: grows by the area alone
     assert wide.full.steps == round(1.5 * base.full.steps)
-    # gpu-quality keeps 2x (its 512^2 fit has a 5-minute target on one H100).
-    gpu = preset("gpu-quality")
-    assert scale_for_resolution(gpu, 512, 512).full.steps == 2 * gpu.full.steps
+    detailed = scale_for_resolution(dataclasses.replace(base, resolution_scaling=3.0), 256, 256)
+    assert detailed.full.steps == 3 * base.full.steps
+    assert detailed.model.num_surfels == 3 * base.model.num_surfels
 
 
 def test_steps_grow_with_the_training_frames_once():
@@ -315,15 +330,20 @@ def test_steps_grow_with_the_training_frames_once():
     every = dataclasses.replace(base, all_frames=True)
     assert scale_for_frames(every, 40).full.steps == round(base.full.steps * 40 / FRAMES_REFERENCE)
     resolved = resolve_for_dataset(base, 256, 256, 70)
-    # 2x for the frames taken first, which leaves 2x of the 4x budget for the area (not 3x).
-    assert resolved.full.steps == 4 * base.full.steps
-    assert resolved.strategy.max_surfels == 2 * base.strategy.max_surfels
+    assert resolved.full.steps == 4 * base.full.steps  # 2x for the area, 2x for the frames
     assert resolve_for_dataset(resolved, 256, 256, 70) == resolved
+    # With 3x allowed for the area (--detail 3) the 4x budget caps the product: the frames'
+    # 2x is taken first, which leaves 2x for the area (not 3x).
+    detail = dataclasses.replace(base, resolution_scaling=3.0)
+    capped = resolve_for_dataset(detail, 256, 256, 70)
+    assert capped.full.steps == 4 * base.full.steps
+    assert capped.strategy.max_surfels == 2 * base.strategy.max_surfels
+    assert resolve_for_dataset(capped, 256, 256, 70) == capped
     # 36 training frames: 1.5x for the frames leaves 4 / 1.5 for the area.
-    mid = resolve_for_dataset(base, 256, 256, 48)
+    mid = resolve_for_dataset(detail, 256, 256, 48)
     assert mid.full.steps == round(round(base.full.steps * 4 / 1.5) * 1.5)
     assert mid.model.num_surfels == round(base.model.num_surfels * 4 / 1.5)
-    assert resolve_for_dataset(base, 256, 256, 32).full.steps == 3 * base.full.steps
+    assert resolve_for_dataset(detail, 256, 256, 32).full.steps == 3 * base.full.steps
 
 
 def _jsonable(config):

@@ -192,7 +192,9 @@ class FitConfig:
     resolution_scaling: float = 2.0
     """Largest factor by which full-stage steps and surfel counts grow with the image area
     beyond 128 x 128 (detail needs surfels and steps); 1 disables. Applied once when the fit
-    starts (config.json records the scaled values and 1 here)."""
+    starts (config.json records the scaled values and 1 here). ``recon4d fit --detail`` sets
+    it: 3 gave 256^2 clips of rigid, sharp subjects 1.4-1.7 dB more held-out PSNR at about
+    twice the fit time, and non-rigid ones no gain (docs/fit.md, session 13)."""
     frames_scaling: float = 2.0
     """Largest factor by which full-stage steps grow with the training frames beyond
     :data:`FRAMES_REFERENCE` (one frame per step: a long clip's frames would each be visited
@@ -216,9 +218,7 @@ class FitConfig:
 def preset(name: str) -> FitConfig:
     """The named preset (see :data:`PRESETS`)."""
     if name == "cpu-fast":
-        # 3x for large frames: 256^2 clips gain 1.4-1.7 dB held-out over 2x (pistol_v0, chest;
-        # docs/fit.md, session 13) at about 1.8x the fit time, inside the 15-minute budget.
-        return FitConfig(preset=name, resolution_scaling=3.0)
+        return FitConfig(preset=name)
     if name == "gpu-quality":
         return FitConfig(
             preset=name,
