@@ -244,12 +244,12 @@ def preset(name: str) -> FitConfig:
 
 
 def scale_for_resolution(config: FitConfig, width: int, height: int,
-                         frames_factor: float = 1.0) -> FitConfig:
+                         by_frames: float = 1.0) -> FitConfig:
     """``config`` with full-stage steps and surfel budgets grown by
-    clamp(width * height / 128^2, 1, min(resolution_scaling, scaling_budget / frames_factor)),
-    and resolution_scaling set to 1. ``frames_factor`` is what :func:`frames_factor` gives the
+    clamp(width * height / 128^2, 1, min(resolution_scaling, scaling_budget / by_frames)),
+    and resolution_scaling set to 1. ``by_frames`` is what :func:`frames_factor` gives the
     same clip (1 when the clip is not longer than the reference)."""
-    room = max(config.scaling_budget, 1.0) / max(frames_factor, 1.0)
+    room = config.scaling_budget / max(by_frames, 1.0)
     factor = min(max(width * height / 128 ** 2, 1.0), max(config.resolution_scaling, 1.0),
                  max(room, 1.0))
     if factor == 1.0:
