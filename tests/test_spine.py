@@ -166,3 +166,119 @@ def test_line_progress_estimates_time_left(monkeypatch, capsys):
     assert lines[1] == "fit: 2/4 (20.0s, about 20s left)"
     assert lines[-1] == "fit: 4/4 (40.0s)"
     assert console.format_duration(150) == "2 min" and console.format_duration(3900) == "1 h 05 min"
+
+
+# Outputs that cannot be written --------------------------------------------------------------
+def _frames_folder(root: Path) -> Path:
+    """A tiny real input (4 PNG frames); the output checks below must fail before reading it."""
+    from test_ingest import blob_clip, write_pngs
+
+    frames, _ = blob_clip(frames=4)
+    return write_pngs(root / "frames", frames)
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("command", ["fit", "ingest", "scenes"])
+def test_out_under_a_file_fails_at_once_in_one_line(command, capsys, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    out = blocker / "run"
+    argv = {"fit": ["fit", str(_frames_folder(tmp_path)), "--out", str(out), "--quiet"],
+            "ingest": ["ingest", str(_frames_folder(tmp_path)), "--out", str(out), "--quiet"],
+            "scenes": ["scenes", "make", "blob", "--out", str(out)]}[command]
+    before = _tree(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"recon4d: error: --out '{out}' cannot be created: '{blocker}' is a file, "
+                   "not a folder: choose another --out\n")
+    assert _tree(tmp_path) == before, "something was written"
+
+
+def test_render_out_under_a_file_fails_in_one_line(capsys, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    assert main(["render", str(tmp_path / "run"), "--out", str(blocker / "clip.mp4")]) == 2
+    assert "'notes.txt' is a file, not a folder" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc (a folder no one can write in)")
+def test_out_on_an_unwritable_filesystem_fails_in_one_line(capsys, tmp_path):
+    # /proc refuses new entries even to root, which plain permission bits do not.
+    assert main(["fit", str(_frames_folder(tmp_path)), "--out", "/proc/recon4d-test/run", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recon4d: error: --out '/proc/recon4d-test/run' "
+                                               "cannot be written (")
+
+
+def test_out_without_permission_names_the_fix(monkeypatch, tmp_path):
+    import errno
+
+    from recon4d.utils import output_location
+
+    def refuse(**kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(output_location.tempfile, "mkdtemp", refuse)
+    with pytest.raises(UserError, match=r"cannot be written \(Permission denied\): choose a --out "
+                                        r"folder you can write to"):
+        output_location.require_writable_output(tmp_path / "a" / "b")
+    # An existing output folder (resume, --overwrite) is probed inside, and passes when writable.
+    monkeypatch.undo()
+    output_location.require_writable_output(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_under_a_file_is_not_reported_as_existing(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        with atomic_directory(tmp_path / "f" / "out"):
+            pass
+
+
+def _failing_command(monkeypatch, exc: BaseException) -> None:
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class Config:
+        """A command whose run raises ``exc``."""
+
+        path: str = "x"
+
+    def run(config):
+        raise exc
+
+    module = types.ModuleType("recon4d.cli.failing")
+    module.Config, module.run = Config, run
+    monkeypatch.setitem(sys.modules, "recon4d.cli.failing", module)
+    monkeypatch.setitem(SUBCOMMANDS, "failing", "test command")
+
+
+def test_full_disk_mid_run_is_one_line_exit_1(monkeypatch, capsys):
+    import errno
+
+    _failing_command(monkeypatch, OSError(errno.ENOSPC, "No space left on device",
+                                          "runs/clip/checkpoints/step_000900.pt"))
+    assert main(["failing"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("recon4d: error: no space left on the disk (runs/clip/checkpoints/step_000900.pt): "
+                   "free some space, then run the command again ('recon4d fit ... --resume' "
+                   "continues a fit from its last checkpoint)\n")
+    assert main(["failing", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_other_os_errors_are_one_line_with_the_path(monkeypatch, capsys):
+    import errno
+
+    _failing_command(monkeypatch, PermissionError(errno.EACCES, "Permission denied", "/data/out"))
+    assert main(["failing"]) == 1
+    assert capsys.readouterr().err == ("recon4d: error: permission denied (/data/out): choose a "
+                                       "folder you can write to, or fix its permissions\n")
+    _failing_command(monkeypatch, OSError(errno.EIO, "Input/output error", "/mnt/x"))
+    assert main(["failing"]) == 1
+    assert capsys.readouterr().err == ("recon4d: error: Input/output error (/mnt/x) (run with "
+                                       "--debug for the traceback)\n")

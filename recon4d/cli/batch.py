@@ -67,6 +67,9 @@ def run(config: Config) -> int:
             extra = " ".join(f"{k}={v}" for k, v in spec.overrides.items())
             print(f"{spec.name:<{width}}  {state:<8}  {spec.run_dir}  {spec.input}  {extra}".rstrip())
         return 0
+    from recon4d.utils.output_location import require_writable_output
+
+    require_writable_output(config.out)  # the driver writes the batch state there
     result = run_batch(specs, config.out, executor=config.executor, job=config.job,
                        retries=config.retries, timeout=config.timeout, workers=config.workers,
                        cpus_per_job=config.cpus_per_job, gpus_per_job=config.gpus_per_job,

@@ -33,8 +33,10 @@ def run(config: Config) -> int:
 
     from recon4d.errors import UserError
     from recon4d.utils.console import info
+    from recon4d.utils.output_location import require_writable_output
 
     out = Path(config.out)
+    require_writable_output(out)
     if out.exists():
         if not config.overwrite:
             raise UserError(f"demo folder '{out}' already exists: pass --overwrite or choose another --out")

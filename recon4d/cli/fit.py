@@ -72,6 +72,7 @@ def run(config: Config) -> int:
     from recon4d.errors import UserError
     from recon4d.train.api import fit
     from recon4d.utils.console import info
+    from recon4d.utils.output_location import require_writable_output
 
     overrides = {"backend": config.backend, "device": config.device}
     if config.steps is not None:
@@ -100,6 +101,7 @@ def run(config: Config) -> int:
         # where the hidden side takes shape); without them the trainer waits for the full stage.
         overrides["coarse.losses.symmetry"] = config.symmetry
         overrides["full.losses.symmetry"] = config.symmetry
+    require_writable_output(config.out)
     viewer = _live_viewer(config.out) if config.viewer else None
     try:
         run_dir = fit(config.input, config.out, preset=config.preset, resume=config.resume,

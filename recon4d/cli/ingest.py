@@ -34,7 +34,9 @@ class Config:
 
 def run(config: Config) -> int:
     from recon4d.data.ingest import ingest
+    from recon4d.utils.output_location import require_writable_output
 
+    require_writable_output(config.out)
     if config.to == "dataset":
         ingest(config.input, config.out, config.options)
         return 0

@@ -3,11 +3,13 @@
 The first word picks a subcommand; only that subcommand's module is imported, and tyro parses
 the rest into its ``Config`` dataclass. Global flags, accepted anywhere on the line:
 ``--quiet`` (no progress output) and ``--debug`` (tracebacks for user errors).
-User errors (:class:`recon4d.errors.UserError`) print one line and exit with code 2.
+User errors (:class:`recon4d.errors.UserError`) print one line and exit with code 2; errors of
+the machine (OSError: a full disk, no permission) print one line and exit with code 1.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import sys
@@ -45,6 +47,18 @@ def _top_level_help() -> str:
     lines += ["  --version  print the version", "",
               "example: recon4d fit clip.mp4 --out runs/clip && recon4d export runs/clip"]
     return "\n".join(lines)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error that reached the CLI, with what to do."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return (f"no space left on the disk{where}: free some space, then run the command again "
+                "('recon4d fit ... --resume' continues a fit from its last checkpoint)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason.lower()}{where}: choose a folder you can write to, or fix its permissions"
+    return f"{reason}{where} (run with --debug for the traceback)"
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -90,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         if console.is_debug():
             traceback.print_exc()
         return _fail(str(exc))
+    except OSError as exc:  # the machine's side: a full disk, permissions, a vanished mount
+        if console.is_debug():
+            traceback.print_exc()
+        return _fail(describe_os_error(exc), code=1)
     except KeyboardInterrupt:
         print("recon4d: interrupted", file=sys.stderr)
         return 130

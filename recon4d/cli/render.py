@@ -48,6 +48,10 @@ def run(config: Config) -> int:
         raise UserError(f"--time {config.time} is outside [0, 1]: times are normalised over the clip")
     if config.frames < 1 or config.size < 8:
         raise UserError("--frames must be >= 1 and --size >= 8")
+    if config.out is not None:  # the default lies in the run directory, checked when it loads
+        from recon4d.utils.output_location import require_writable_output
+
+        require_writable_output(out, is_file=True)
 
     import numpy as np
     import torch

@@ -69,7 +69,9 @@ def run(config: Config) -> int:
     if config.out is None:
         raise UserError("'recon4d scenes make' needs --out DIR: the folder to write the scene to")
     from recon4d.scenes import make_scene
+    from recon4d.utils.output_location import require_writable_output
 
+    require_writable_output(config.out)
     path = make_scene(config.name, config.out, seed=config.seed, overwrite=config.overwrite,
                       resolution=config.resolution, frames=config.frames)
     print(path)

@@ -8,6 +8,7 @@ temporary always lives in the destination's own folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -89,6 +90,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists")
+    if path.parent.exists() and not path.parent.is_dir():
+        # mkdir would say FileExistsError, which callers read as "the output exists".
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path.parent))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
