@@ -91,6 +91,32 @@ def test_dqs_and_lbs_differ_for_blended_rotations():
     assert torch.allclose(lbs, torch.tensor([[math.cos(1.5), 0.0, 0.0]]), atol=1e-5)
 
 
+@pytest.mark.parametrize("blend", ["dqs", "lbs"])
+def test_blend_ignores_the_sign_of_bone_quaternions(blend):
+    """q and -q are the same rotation: flipping one bone's stored sign must not change the
+    blend (without the hemisphere fix the two halves of a DQS blend cancel out)."""
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(40, 3, generator=g)
+    weights = torch.softmax(torch.randn(40, 3, generator=g), dim=1).requires_grad_(True)
+    q = axis_angle_to_quat(torch.tensor([[0.2, 0.1, 0.0], [0.0, 0.4, 0.1], [-0.3, 0.0, 0.2]]))
+    t = torch.tensor([[0.1, 0.0, 0.0], [0.0, -0.2, 0.1], [0.0, 0.0, 0.3]])
+    flipped = q * torch.tensor([[1.0], [-1.0], [1.0]])
+
+    def moved(quats):
+        if blend == "dqs":
+            qb, tb = blend_dual_quats(weights, quats, t)
+        else:
+            qb, tb = blend_linear(weights, quats, t, points)
+        return quat_rotate(qb, points) + tb
+
+    same, other = moved(q), moved(flipped)
+    assert torch.allclose(same, other, atol=1e-5)
+    # The signs are constants for autograd: the weights' gradient is the same either way.
+    grad_same, = torch.autograd.grad(same.sum(), weights)
+    grad_other, = torch.autograd.grad(other.sum(), weights)
+    assert torch.allclose(grad_same, grad_other, atol=1e-5)
+
+
 def test_lbs_model_matches_bone_transforms():
     """The protocol's bone_transforms with LBS weights reproduce an LBS model's warp_points."""
     model = _model("lbs")
@@ -138,6 +164,21 @@ def test_refinement_changes_only_rotation_and_scale():
     assert torch.allclose(a.means, b.means)
     assert not torch.allclose(a.scales, b.scales)
     assert not _same_rotation(a.quats, b.quats)
+
+
+def test_refinement_follows_its_temporal_basis():
+    """deltas(t) = bounded (sum_k phi_k(t) c_k): rotation vector max_angle tanh(.)[:3] and
+    log-scale offsets max_log_scale tanh(.)[3:], computed here term by term."""
+    from recon4d.model.refine import TimeRefinement, temporal_basis
+
+    refine = TimeRefinement(num_freqs=3, max_angle=0.5, max_log_scale=0.4)
+    coeffs = torch.randn(30, 6, 5, generator=torch.Generator().manual_seed(1))
+    for t in (0.0, 0.37, 1.0):
+        phi = temporal_basis(torch.tensor(t), 3)
+        raw = sum(phi[k] * coeffs[:, k, :] for k in range(6))
+        dq, dlog = refine.deltas(coeffs, t)
+        assert torch.allclose(dq, axis_angle_to_quat(0.5 * torch.tanh(raw[:, :3])), atol=1e-6)
+        assert torch.allclose(dlog, 0.4 * torch.tanh(raw[:, 3:]), atol=1e-6)
 
 
 def test_state_round_trip_reproduces_the_warp():

@@ -55,7 +55,12 @@ class TimeRefinement(nn.Module):
     def deltas(self, coeffs: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """((N, 4) local rotation quaternions wxyz, (N, 2) log-scale offsets) at time t."""
         t = torch.as_tensor(t, dtype=coeffs.dtype, device=coeffs.device).reshape(())
-        raw = torch.einsum("k,nkc->nc", temporal_basis(t, self.num_freqs), coeffs)
-        rotvec = self.max_angle * torch.tanh(raw[:, :3])
-        dlog = self.max_log_scale * torch.tanh(raw[:, 3:])
+        num, terms, outputs = coeffs.shape
+        # sum_k phi_k coeffs[:, k, :] as one (N, 2K*5) @ (2K*5, 5) product with phi (x) I_5: an
+        # einsum here permuted a copy of all coefficients every call, forward and backward.
+        mixing = torch.kron(temporal_basis(t, self.num_freqs).unsqueeze(1),
+                            torch.eye(outputs, dtype=coeffs.dtype, device=coeffs.device))
+        bounded = torch.tanh(coeffs.reshape(num, terms * outputs) @ mixing)   # (N, 5)
+        rotvec = self.max_angle * bounded[:, :3]
+        dlog = self.max_log_scale * bounded[:, 3:]
         return axis_angle_to_quat(rotvec), dlog

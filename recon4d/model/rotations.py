@@ -97,6 +97,18 @@ def dual_quat_to_rt(real: Tensor, dual: Tensor) -> tuple[Tensor, Tensor]:
     return real, t
 
 
+@torch.no_grad()
+def _hemisphere_signs(weights: Tensor, q: Tensor) -> Tensor:
+    """(M, B) +-1: the sign that puts each bone's quaternion q (B, 4) in the hemisphere of the
+    point's dominant bone (largest of its weights (M, B)); 1 where they are orthogonal.
+
+    A constant for autograd (the sign's derivative is zero): computing it without a graph
+    spares the backward pass an (M, B, 4) product, once a third of the warp's time.
+    """
+    dots = q[weights.argmax(dim=1)] @ q.T                      # (M, B)
+    return torch.where(dots < 0, -1.0, 1.0).to(weights.dtype)
+
+
 def blend_dual_quats(weights: Tensor, q: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     """Dual-quaternion skinning: blend B rigid transforms per point.
 
@@ -109,10 +121,7 @@ def blend_dual_quats(weights: Tensor, q: Tensor, t: Tensor) -> tuple[Tensor, Ten
     real, dual = dual_quat_from_rt(q, t)
     # Antipodal quaternions are the same rotation: align every bone with the point's dominant
     # bone so the blend does not cancel out (the classic DQS sign fix).
-    pivot = real[weights.argmax(dim=1)]                       # (M, 4)
-    sign = torch.sign((pivot.unsqueeze(1) * real.unsqueeze(0)).sum(-1))  # (M, B)
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    signed = weights * sign
+    signed = weights * _hemisphere_signs(weights, real)
     blended_real = signed @ real
     blended_dual = signed @ dual
     return dual_quat_to_rt(blended_real, blended_dual)
@@ -129,9 +138,6 @@ def blend_linear(weights: Tensor, q: Tensor, t: Tensor, points: Tensor) -> tuple
     blended_m = torch.einsum("mb,bij->mij", weights, rot)     # (M, 3, 3), not orthonormal
     blended_t = weights @ t
     positions = torch.einsum("mij,mj->mi", blended_m, points) + blended_t
-    pivot = q[weights.argmax(dim=1)]
-    sign = torch.sign((pivot.unsqueeze(1) * q.unsqueeze(0)).sum(-1))
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    quat = torch.nn.functional.normalize((weights * sign) @ q, dim=-1)
+    quat = torch.nn.functional.normalize((weights * _hemisphere_signs(weights, q)) @ q, dim=-1)
     trans = positions - quat_rotate(quat, points)
     return quat, trans
