@@ -5,11 +5,12 @@
 
 The built-in default scene is generated at 256x256 (cached under runs/benchmarks/), and a
 Trainer with the cpu-fast preset starts straight in the full stage with 16k surfels (the size a
-256x256 clip reaches), one thread. Each measurement runs in its own process: warm-up steps, then
+256x256 clip reaches), one thread (--threads to change). Each measurement runs in its own process: warm-up steps, then
 the median time of the next steps, plus the median of the step's parts (warp, render and image
 losses, forward and backward, on the same model). With --baseline the two checkouts alternate
 (baseline, this, baseline, this, ...) so that a shared machine's load falls on both; the ratio
-of the medians is the figure to read. Prints a table and writes benchmarks/results/step_bench.json.
+of the medians is the figure to read. Prints a table and writes benchmarks/results/step_bench.json
+(step_bench_threadsN.json with --threads N).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def measure(scene: Path, surfels: int, warmup: int, steps: int) -> dict:
+def measure(scene: Path, surfels: int, warmup: int, steps: int, threads: int = 1) -> dict:
     """Run inside the checkout under test (its recon4d is first on sys.path)."""
     import torch
 
@@ -50,12 +51,12 @@ def measure(scene: Path, surfels: int, warmup: int, steps: int) -> dict:
     from recon4d.train.config import apply_overrides, preset, resolve_for_dataset
     from recon4d.train.trainer import Trainer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     dataset = load_dataset(scene)
     config = resolve_for_dataset(preset("cpu-fast"), dataset.width, dataset.height,
                                  dataset.num_frames)
     config = apply_overrides(config, {"coarse_surfels": 0, "model.num_surfels": surfels,
-                                      "num_threads": 1, "seed": 0})
+                                      "num_threads": threads, "seed": 0})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(dataset, RunDir(tmp).create(), config)
         trainer.initialise()
@@ -117,7 +118,7 @@ def _run_in(checkout: Path, args) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(checkout)!r}); "
             f"sys.path.insert(1, {str(REPO / 'benchmarks')!r}); import bench_step; "
             f"print('RESULT ' + json.dumps(bench_step.measure(__import__('pathlib').Path("
-            f"{str(SCENE)!r}), {args.surfels}, {args.warmup}, {args.steps})))")
+            f"{str(SCENE)!r}), {args.surfels}, {args.warmup}, {args.steps}, {args.threads})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=checkout)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -132,6 +133,7 @@ def main() -> int:
     parser.add_argument("--surfels", type=int, default=16000)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
     args = parser.parse_args()
     if args.baseline is not None and not (args.baseline / "recon4d" / "__init__.py").is_file():
         sys.exit(f"bench_step: --baseline '{args.baseline}' is not a recon4d checkout")
@@ -160,7 +162,7 @@ def main() -> int:
               "machine": f"{platform.processor() or platform.machine()}, {platform.platform()}",
               "command": "python benchmarks/bench_step.py" + (f" --baseline {args.baseline}" if args.baseline else ""),
               "settings": {"surfels": args.surfels, "warmup": args.warmup, "steps": args.steps,
-                           "rounds": args.rounds, "threads": 1, "scene": "default at 256x256"},
+                           "rounds": args.rounds, "threads": args.threads, "scene": "default at 256x256"},
               "commits": {name: _commit(path) for name, path in checkouts.items()},
               "runs": runs, "medians": summary}
     if args.baseline is not None:
@@ -170,8 +172,9 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     from recon4d.utils.atomic import atomic_write_json
 
-    atomic_write_json(RESULTS, result)
-    print(f"wrote {RESULTS}")
+    path = RESULTS if args.threads == 1 else RESULTS.with_name(f"step_bench_threads{args.threads}.json")
+    atomic_write_json(path, result)
+    print(f"wrote {path}")
     return 0
 
 
