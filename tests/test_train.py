@@ -236,6 +236,31 @@ def test_sigkill_mid_fit_then_resume_matches_an_uninterrupted_run(ball, tmp_path
     assert torch.allclose(ma.canonical.means, mb.canonical.means, atol=1e-3)
 
 
+def test_resume_skips_a_damaged_checkpoint(ball, tmp_path, capsys):
+    """A checkpoint that no longer loads costs the steps since the one before it, not the run;
+    when none loads, the error says to fit again."""
+    config = apply_overrides(preset("test"), {"coarse.steps": 3, "full.steps": 7,
+                                              "checkpoint_every": 4})
+    fit(ball, tmp_path / "run", config=config)
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.pt")) == [
+        "step_0000004.pt", "step_0000008.pt", "step_0000010.pt"]
+    (folder / "step_0000010.pt").write_bytes(b"\0" * 100)  # a bad block where the last one was
+    capsys.readouterr()
+    fit(ball, tmp_path / "run", resume=True)
+    err = capsys.readouterr().err
+    assert "checkpoint '" in err and "step_0000010.pt' cannot be read" in err
+    assert "resuming from 'step_0000008.pt' instead" in err
+    steps = [r["step"] for r in RunDir(tmp_path / "run").read_metrics_log() if "loss" in r]
+    assert steps[-1] == 9  # steps 8 and 9 ran again
+    assert RunDir(tmp_path / "run").read_metrics()["fit"]["steps"] == 10
+    assert load_run(tmp_path / "run").fit_step == 10  # the rewritten final checkpoint loads
+    for path in folder.glob("*.pt"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="no checkpoint in .* can be read \\(3 damaged\\): fit again"):
+        fit(ball, tmp_path / "run", resume=True)
+
+
 def test_fit_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["fit", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

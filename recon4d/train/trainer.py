@@ -44,7 +44,7 @@ from recon4d.train.config import FitConfig, StageConfig
 from recon4d.train.optim import Adam
 from recon4d.train.strategy import DensifyPrune, upsample
 from recon4d.utils import console
-from recon4d.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from recon4d.utils.checkpoint import load_newest_readable, save_checkpoint
 
 StepCallback = Callable[[int, DynamicSurfelModel, dict], None]
 
@@ -542,11 +542,11 @@ class Trainer:
         save_checkpoint(self.run.checkpoints, self.step, self.state())
 
     def restore(self) -> bool:
-        """Load the latest checkpoint of the run; False when there is none."""
-        path = latest_checkpoint(self.run.checkpoints)
-        if path is None:
+        """Load the newest readable checkpoint of the run; False when there is none."""
+        found = load_newest_readable(self.run.checkpoints, map_location=str(self.device))
+        if found is None:
             return False
-        state = load_checkpoint(path, map_location=str(self.device))
+        _, state = found
         self.model = DynamicSurfelModel.from_state(state["model_spec"], state["model"]).to(self.device)
         self.extent = float(state["extent"])
         self.step = int(state["step"])

@@ -3,7 +3,9 @@
 A checkpoint is a dict of tensors, numbers, strings, lists and dicts of those, written with
 ``torch.save`` to a temporary file and renamed; ``latest.json`` beside it names the newest
 complete checkpoint, so a run killed mid-write resumes from the previous one. Loading uses
-``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects. A resumed fit takes
+the newest checkpoint that loads (:func:`load_newest_readable`): a damaged file (a bad disk
+block, a copy cut short) costs the steps since the one before it, not the run.
 """
 
 from __future__ import annotations
@@ -56,6 +58,46 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
         return None
     found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_NAME.match(p.name)))
     return found[-1][1] if found else None
+
+
+def checkpoints_newest_first(folder: str | Path) -> list[Path]:
+    """Every checkpoint in ``folder``, the one latest.json names first, then by step, newest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    by_step = sorted(((int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_NAME.match(p.name))),
+                     reverse=True)
+    ordered = [p for _, p in by_step]
+    latest = latest_checkpoint(folder)
+    if latest is not None and latest in ordered:
+        ordered.remove(latest)
+        ordered.insert(0, latest)
+    return ordered
+
+
+def load_newest_readable(folder: str | Path, map_location: str = "cpu"
+                         ) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the newest checkpoint in ``folder`` that loads, or None if there is none.
+
+    A damaged checkpoint is skipped with a warning naming it; when every one is damaged this
+    raises a UserError (the run cannot be resumed).
+    """
+    from recon4d.utils import console
+
+    candidates = checkpoints_newest_first(folder)
+    for index, path in enumerate(candidates):
+        try:
+            return path, load_checkpoint(path, map_location=map_location)
+        except UserError as exc:
+            cause = exc.__cause__
+            reason = type(cause).__name__ if cause is not None else "unreadable"
+            after = (f"resuming from '{candidates[index + 1].name}' instead"
+                     if index + 1 < len(candidates) else "no older checkpoint is left")
+            console.warn(f"checkpoint '{path}' cannot be read ({reason}): {after}")
+    if candidates:
+        raise UserError(f"no checkpoint in '{folder}' can be read ({len(candidates)} damaged): fit "
+                        "again into a new --out, without --resume")
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
