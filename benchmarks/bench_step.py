@@ -40,7 +40,19 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def measure(scene: Path, surfels: int, warmup: int, steps: int, threads: int = 1) -> dict:
-    """Run inside the checkout under test (its recon4d is first on sys.path)."""
+    """Run inside the checkout under test (its recon4d is first on sys.path); restores the
+    process's torch thread count afterwards."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _measure(scene, surfels, warmup, steps, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure(scene: Path, surfels: int, warmup: int, steps: int, threads: int) -> dict:
     import torch
 
     from recon4d.data.dataset import load_dataset
@@ -51,7 +63,6 @@ def measure(scene: Path, surfels: int, warmup: int, steps: int, threads: int = 1
     from recon4d.train.config import apply_overrides, preset, resolve_for_dataset
     from recon4d.train.trainer import Trainer
 
-    torch.set_num_threads(threads)
     dataset = load_dataset(scene)
     config = resolve_for_dataset(preset("cpu-fast"), dataset.width, dataset.height,
                                  dataset.num_frames)

@@ -52,3 +52,24 @@ def test_suite_markdown_carries_the_clip_summary(suite, tmp_path):
     suite.write_results(rows, meta, tmp_path)
     text = (tmp_path / "suite.md").read_text()
     assert "Clips: mean held-out PSNR 25.50 dB over 1; 0 of 1 at or above 27 dB." in text
+
+
+def test_step_benchmark_measures_a_real_step(tmp_path):
+    """benchmarks/bench_step.py's measurement on a tiny generated scene: every part is timed
+    and the model it times has the surfel count asked for (a smoke test that the benchmark
+    keeps up with the trainer's internals, not a speed test)."""
+    from recon4d.scenes import make_scene
+
+    spec = importlib.util.spec_from_file_location("bench_step_under_test",
+                                                  SCRIPT.with_name("bench_step.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scene = make_scene("blob", tmp_path / "blob", resolution=48, frames=6)
+    import torch
+
+    threads = torch.get_num_threads()
+    result = module.measure(scene, surfels=300, warmup=1, steps=2, threads=1)
+    assert torch.get_num_threads() == threads  # the test process keeps its thread count
+    assert result["resolution"] == 48 and 0 < result["surfels"] <= 300 * 2
+    for key in ("step_ms", "warp_ms", "render_ms"):
+        assert result[key] > 0, (key, result)
