@@ -486,3 +486,30 @@ def test_keying_follows_a_drifting_background(tmp_path):
     dataset = load_dataset(ingest(folder, tmp_path / "ds", IngestOptions(crop="off", **SMALL)))
     assert min(iou(m >= 0.5, t) for m, t in zip(dataset.masks, truth)) >= 0.95
     assert dataset.manifest["extras"]["masks"]["key_tolerance"] < 0.1
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_ingest_memory_stays_near_the_clip_size(tmp_path, alpha):
+    """Peak traced memory of an ingest stays under 2.5x the decoded clip (frames + alpha),
+    for keyed and RGBA inputs. Whole-clip float copies (8-byte mask areas, a float RGBA
+    composite) took a 4K clip to 4x its size, past what a 24 GB machine holds."""
+    import tracemalloc
+
+    from recon4d.data.ingest import ingest
+    from recon4d.data.options import IngestOptions
+
+    frames, masks = blob_clip(frames=12, size=768, step=12.0, noise=0.0)
+    if alpha:
+        images = [np.dstack([f, np.where(m, 255, 0).astype(np.uint8)]) for f, m in zip(frames, masks)]
+    else:
+        images = list(frames)
+    folder = write_pngs(tmp_path / "frames", images)
+    clip_bytes = sum(image.nbytes for image in images)
+    tracemalloc.start()
+    try:
+        ingest(folder, tmp_path / "out", IngestOptions(resolution=64, flow=False))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert load_dataset(tmp_path / "out").num_frames == 12
+    assert peak < 2.5 * clip_bytes, f"peak {peak / 1e6:.0f} MB for a {clip_bytes / 1e6:.0f} MB clip"

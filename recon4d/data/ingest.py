@@ -65,9 +65,12 @@ def resolve_masks(clip: RawClip, options: IngestOptions) -> tuple[np.ndarray, np
     frames = clip.frames
     if clip.alpha is not None:
         # Colour under transparent pixels is arbitrary: composite over white, the eval background.
-        alpha = clip.alpha.astype(np.float32)[..., None] / 255.0
-        composited = frames.astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        frames = np.clip(composited + 0.5, 0, 255).astype(np.uint8)
+        # Frame by frame and in place (the raw colours are not used again): float copies of a
+        # whole full-resolution clip were 5x its size.
+        for frame, alpha in zip(frames, clip.alpha):
+            weight = alpha.astype(np.float32)[..., None] / 255.0
+            blend = frame.astype(np.float32) * weight + 255.0 * (1.0 - weight)
+            frame[...] = np.clip(blend + 0.5, 0, 255).astype(np.uint8)
     mode = options.mask_source
     if options.masks is not None:
         masks = read_masks(Path(options.masks), clip)

@@ -200,7 +200,9 @@ def grabcut_refine(frames: np.ndarray, masks: np.ndarray, iterations: int = 3) -
 
 def mask_areas(masks: np.ndarray) -> np.ndarray:
     """(F,) fraction of each frame covered by the mask (soft values summed)."""
-    return masks.reshape(masks.shape[0], -1).astype(np.float64).mean(axis=1) / 255.0
+    # Accumulate in float64 without a float64 copy of the masks: at full input resolution that
+    # copy was 8x the masks (4 GB for 60 frames of 4K), the peak of a whole ingest.
+    return masks.reshape(masks.shape[0], -1).mean(axis=1, dtype=np.float64) / 255.0
 
 
 def find_jumps(areas: np.ndarray, threshold: float = 0.35) -> list[int]:

@@ -33,7 +33,7 @@ class SquareBox:
 
 def union_box(masks: np.ndarray, threshold: int = 128) -> tuple[int, int, int, int] | None:
     """(x_min, y_min, x_max, y_max) exclusive bounds of all frames' masks >= threshold, or None."""
-    any_mask = (masks >= threshold).any(axis=0)
+    any_mask = masks.max(axis=0) >= threshold  # no (F, H, W) boolean copy of a full-size clip
     ys = np.flatnonzero(any_mask.any(axis=1))
     xs = np.flatnonzero(any_mask.any(axis=0))
     if ys.size == 0:

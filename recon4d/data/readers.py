@@ -224,12 +224,18 @@ class FrameCollector:
                             "frames): pass --stride or --max-frames, or --max-input-side")
 
     def finish(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        frames = np.stack(self.frames)
-        if any(a is not None for a in self.alphas):
-            alpha = np.stack([np.full(f.shape[:2], 255, np.uint8) if a is None else a
-                              for f, a in zip(self.frames, self.alphas)])
-        else:
-            alpha = None
+        # Copy into one array frame by frame, dropping each frame as it is copied: np.stack
+        # would hold the list and the stack at once (twice the clip in memory at its peak).
+        count = len(self.frames)
+        frames = np.empty((count,) + self.frames[0].shape, np.uint8) if count else np.zeros((0,), np.uint8)
+        with_alpha = any(a is not None for a in self.alphas)
+        alpha = np.empty((count,) + self.frames[0].shape[:2], np.uint8) if with_alpha else None
+        for i in range(count):
+            frames[i] = self.frames[i]
+            if alpha is not None:
+                alpha[i] = 255 if self.alphas[i] is None else self.alphas[i]
+            self.frames[i] = self.alphas[i] = None
+        self.frames, self.alphas = [], []
         for note in self.notes:
             console.warn(f"{self.what} has {note} frames: converted to 8-bit RGB")
         return frames, alpha
