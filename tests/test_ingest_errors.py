@@ -283,3 +283,14 @@ def _frame(i: int, **extra) -> dict:
 def test_transforms_json_problems(capsys, tmp_path, meta, fragment):
     path = _transforms(tmp_path, meta)
     fails(capsys, tmp_path, [str(path)], fragment)
+
+
+def test_clip_too_big_for_memory(capsys, tmp_path, clip, monkeypatch):
+    """The decoded-size guard stops the read with the options that shrink it (the real limit,
+    8 GB, is monkeypatched down to three 64x64 frames' worth)."""
+    from recon4d.data import readers
+
+    folder, _, _ = clip
+    monkeypatch.setattr(readers, "MAX_CLIP_BYTES", 2 * 64 * 64 * 3 + 1)
+    line = fails(capsys, tmp_path, [str(folder)], "too long to hold in memory at 64x64")
+    assert "after 3 frames" in line and "--stride or --max-frames, or --max-input-side" in line
