@@ -51,12 +51,14 @@ def _top_level_help() -> str:
 
 def describe_os_error(exc: OSError) -> str:
     """One line for an operating-system error that reached the CLI, with what to do."""
+    from recon4d.errors import WRITE_REFUSED_ERRNOS
+
     reason = exc.strerror or str(exc) or type(exc).__name__
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno == errno.ENOSPC:
         return (f"no space left on the disk{where}: free some space, then run the command again "
                 "('recon4d fit ... --resume' continues a fit from its last checkpoint)")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in WRITE_REFUSED_ERRNOS:
         return f"{reason.lower()}{where}: choose a folder you can write to, or fix its permissions"
     return f"{reason}{where} (run with --debug for the traceback)"
 

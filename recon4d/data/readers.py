@@ -228,8 +228,9 @@ class FrameCollector:
     def finish(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
         # Copy into one array frame by frame, dropping each frame as it is copied: np.stack
         # would hold the list and the stack at once (twice the clip in memory at its peak).
+        # Callers have checked for at least two frames (require_two_frames).
         count = len(self.frames)
-        frames = np.empty((count,) + self.frames[0].shape, np.uint8) if count else np.zeros((0,), np.uint8)
+        frames = np.empty((count,) + self.frames[0].shape, np.uint8)
         with_alpha = any(a is not None for a in self.alphas)
         alpha = np.empty((count,) + self.frames[0].shape[:2], np.uint8) if with_alpha else None
         for i in range(count):
@@ -237,7 +238,6 @@ class FrameCollector:
             if alpha is not None:
                 alpha[i] = 255 if self.alphas[i] is None else self.alphas[i]
             self.frames[i] = self.alphas[i] = None
-        self.frames, self.alphas = [], []
         for note in self.notes:
             console.warn(f"{self.what} has {note} frames: converted to 8-bit RGB")
         return frames, alpha

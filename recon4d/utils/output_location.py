@@ -8,12 +8,11 @@ permission bits, read-only mounts and pseudo-filesystems all answer the way a re
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from pathlib import Path
 
-from recon4d.errors import UserError
+from recon4d.errors import WRITE_REFUSED_ERRNOS, UserError
 
 
 def _blocking_file(path: Path) -> Path | None:
@@ -48,7 +47,7 @@ def require_writable_output(path: str | os.PathLike, option: str = "--out",
         os.rmdir(tempfile.mkdtemp(prefix=".recon4d-write-probe-", dir=where))
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if exc.errno in WRITE_REFUSED_ERRNOS:
             fix = f"choose a {option} folder you can write to"
         else:
             fix = f"choose another {option}"
