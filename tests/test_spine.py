@@ -282,3 +282,16 @@ def test_other_os_errors_are_one_line_with_the_path(monkeypatch, capsys):
     assert main(["failing"]) == 1
     assert capsys.readouterr().err == ("recon4d: error: Input/output error (/mnt/x) (run with "
                                        "--debug for the traceback)\n")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["scenes", "--help"], ["scenes", "list"]])
+def test_a_closed_output_pipe_stops_quietly(command):
+    """`recon4d ... | head`: the reader goes away before recon4d writes; no traceback and no
+    error line, exit status 141 (128 + SIGPIPE) as Unix tools give."""
+    proc = subprocess.Popen([sys.executable, "-m", "recon4d", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    proc.stdout.close()  # the reader is gone before the first write
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""

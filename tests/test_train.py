@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -296,6 +297,47 @@ def test_fit_cli_detail_sets_the_resolution_scaling(monkeypatch, tmp_path, capsy
     assert main(["fit", str(tmp_path), "--out", str(tmp_path / "bad"), "--detail", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--detail" in err[0]
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--seed", "-3", "--seed must be 0 or more"),
+    ("--threads", "0", "--threads must be 1 or more"),
+    ("--threads", "-1", "--threads must be 1 or more"),
+    ("--symmetry", "nan", "--symmetry must be 0 or more"),
+    ("--symmetry", "inf", "--symmetry must be 0 or more"),
+    ("--detail", "inf", "--detail must be 1 or more"),
+    ("--backend", "gsplat", "--backend gsplat cannot run here (it renders on CUDA only"),
+])
+def test_fit_cli_bad_numbers_and_backends_are_one_line_before_any_work(ball, tmp_path, capsys,
+                                                                     option, value, expected):
+    if option == "--backend" and torch.cuda.is_available():
+        pytest.skip("gsplat can run where CUDA is")
+    out = tmp_path / "run"
+    assert main(["fit", str(ball), "--out", str(out), "--preset", "test", option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not out.exists()
+
+
+def test_fit_refuses_settings_that_cannot_work_from_python_too(ball, tmp_path):
+    bad = {"seed": -1, "num_threads": -2, "device": "tpu", "resolution_scaling": float("nan"),
+           "full.steps": -5, "coarse.resolution": 0.0, "full.losses.photo": float("inf"),
+           "coarse.losses.rigidity": [[0.0, 1.0], [1.0, -1.0]]}
+    for key, value in bad.items():
+        with pytest.raises(UserError, match=re.escape(f"{key} must")):
+            fit(ball, tmp_path / "run", preset="test", overrides={key: value})
+        assert not (tmp_path / "run").exists(), key
+    with pytest.raises(UserError, match="--backend native cannot run here \\(boom\\)"):
+        import recon4d.render.api as render_api
+
+        saved = dict(render_api._native_state)
+        render_api._native_state["cpu"] = {"core": None, "reason": "boom"}
+        try:
+            fit(ball, tmp_path / "run", preset="test", overrides={"backend": "native",
+                                                                   "device": "cpu"})
+        finally:
+            render_api._native_state.clear()
+            render_api._native_state.update(saved)
 
 
 def test_rendered_flow_reads_back_the_surfel_motion():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -86,16 +87,21 @@ def run(config: Config) -> int:
     if config.blend is not None:
         overrides["model.blend"] = config.blend
     if config.threads is not None:
+        if config.threads < 1:
+            raise UserError(f"--threads must be 1 or more (leave it out for torch's default), "
+                            f"got {config.threads}")
         overrides["num_threads"] = config.threads
     if config.seed is not None:
+        if config.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {config.seed}")
         overrides["seed"] = config.seed
     if config.detail is not None:
-        if not config.detail >= 1:
+        if not (math.isfinite(config.detail) and config.detail >= 1):
             raise UserError(f"--detail must be 1 or more (1: no growth with the frame size), "
                             f"got {config.detail}")
         overrides["resolution_scaling"] = config.detail
     if config.symmetry is not None:
-        if config.symmetry < 0:
+        if not (math.isfinite(config.symmetry) and config.symmetry >= 0):
             raise UserError(f"--symmetry must be 0 or more, got {config.symmetry}")
         # Both stages: with depth maps the plane is known from the start (the coarse stage is
         # where the hidden side takes shape); without them the trainer waits for the full stage.

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import importlib
 import inspect
+import os
+import signal
 import sys
 import traceback
 
@@ -69,6 +71,20 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # Whoever read our output has gone (`recon4d fit --help | head`): stop quietly, as Unix
+        # tools do, and point stdout at /dev/null so the interpreter's final flush cannot fail.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout without a file descriptor (an embedding caller)
+            pass
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     from recon4d.utils import console
 
@@ -106,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         if console.is_debug():
             traceback.print_exc()
         return _fail(str(exc))
+    except BrokenPipeError:
+        raise
     except OSError as exc:  # the machine's side: a full disk, permissions, a vanished mount
         if console.is_debug():
             traceback.print_exc()

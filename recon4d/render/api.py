@@ -73,6 +73,38 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "reference"
 
 
+def backend_problem(backend: str, device: torch.device | str) -> str | None:
+    """Why ``backend`` cannot render on ``device`` here, or None when it can.
+
+    "auto" and "reference" always can; "native" needs its kernels to build for the device type;
+    "gsplat" needs a CUDA device and an importable gsplat.
+    """
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})"
+    if backend == "native":
+        core, reason = _load_native(device)
+        return None if core is not None else reason
+    if backend == "gsplat":
+        from .gsplat_backend import gsplat_available
+
+        if device.type != "cuda":
+            return f"it renders on CUDA only and this work runs on {device.type}"
+        ok, reason = gsplat_available()
+        return None if ok else reason
+    return None
+
+
+def require_backend(backend: str, device: torch.device | str) -> None:
+    """Raise a one-line :class:`~recon4d.errors.UserError` when ``backend`` cannot run on
+    ``device`` (checked before any work, so a run does not die at its first render)."""
+    from ..errors import UserError
+
+    problem = backend_problem(backend, device)
+    if problem is not None:
+        raise UserError(f"--backend {backend} cannot run here ({problem}): use --backend auto")
+
+
 def _validate(surfels: Surfels, cameras: Cameras, background: Tensor | None,
               tile_size: int) -> None:
     if not isinstance(surfels, Surfels):

@@ -50,7 +50,7 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     """
     from recon4d.data.dataset import load_dataset
     from recon4d.rundir import RunDir
-    from recon4d.train.config import (FitConfig, apply_overrides, config_from_dict,
+    from recon4d.train.config import (FitConfig, apply_overrides, config_from_dict, config_problem,
                                       default_preset_name, resolve_for_dataset)
     from recon4d.train.config import preset as make_preset
     from recon4d.train.trainer import Trainer
@@ -76,6 +76,13 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
             config = apply_overrides(config, overrides)
         except ValueError as exc:
             raise UserError(f"{exc}: check the option name") from exc
+    problem = config_problem(config)
+    if problem is not None:
+        raise UserError(f"{problem}: fix the option")
+    from recon4d.render import require_backend
+    from recon4d.train.trainer import resolve_device
+
+    require_backend(config.backend, resolve_device(config.device))
     from recon4d.utils.checkpoint import latest_checkpoint
 
     if not resume and latest_checkpoint(run.checkpoints) is not None:

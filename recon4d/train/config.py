@@ -215,6 +215,48 @@ class FitConfig:
         return (self.coarse.steps if self.coarse_surfels > 0 else 0) + self.full.steps
 
 
+def _weight_values(weight: Weight) -> list:
+    """The numbers of a loss weight: a plain weight, or every weight of a schedule."""
+    if isinstance(weight, list):
+        return [entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else entry
+                for entry in weight]
+    return [weight]
+
+
+def config_problem(config: FitConfig) -> str | None:
+    """What in ``config`` cannot work, as one line naming the setting, or None.
+
+    Checked before a fit starts (CLI options and Python overrides alike), so a bad value stops
+    the run at once instead of as a traceback minutes in or as NaN losses.
+    """
+    import math
+
+    def bad_number(value, smallest: float) -> bool:
+        return (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < smallest)
+
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+        return f"seed must be a whole number 0 or more, got {config.seed!r}"
+    if isinstance(config.num_threads, bool) or not isinstance(config.num_threads, int) \
+            or config.num_threads < 0:
+        return f"num_threads must be 1 or more (0: torch's default), got {config.num_threads!r}"
+    if config.device not in ("auto", "cpu", "cuda"):
+        return f"device must be auto, cpu or cuda, got {config.device!r}"
+    for name in ("resolution_scaling", "frames_scaling", "scaling_budget"):
+        if bad_number(getattr(config, name), 1.0):
+            return f"{name} must be a number 1 or more, got {getattr(config, name)!r}"
+    for stage_name in ("coarse", "full"):
+        stage: StageConfig = getattr(config, stage_name)
+        if isinstance(stage.steps, bool) or not isinstance(stage.steps, int) or stage.steps < 0:
+            return f"{stage_name}.steps must be a whole number 0 or more, got {stage.steps!r}"
+        if bad_number(stage.resolution, 1e-6) or stage.resolution > 1:
+            return f"{stage_name}.resolution must be in (0, 1], got {stage.resolution!r}"
+        for loss, weight in stage.losses.items():
+            if any(bad_number(value, 0.0) for value in _weight_values(weight)):
+                return f"{stage_name}.losses.{loss} must be a number 0 or more, got {weight!r}"
+    return None
+
+
 def preset(name: str) -> FitConfig:
     """The named preset (see :data:`PRESETS`)."""
     if name == "cpu-fast":
