@@ -295,3 +295,38 @@ def test_a_closed_output_pipe_stops_quietly(command):
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141
     assert err == ""
+
+
+@pytest.mark.parametrize("command", [
+    ["render", "RUN", "--backend", "gsplat"],
+    ["export", "RUN", "--backend", "gsplat"],
+    ["eval", "RUN", "--backend", "gsplat"],
+    ["demo", "--out", "OUT", "--backend", "gsplat"],
+    ["demo", "--out", "OUT", "--backend", "vulkan"],
+])
+def test_a_backend_that_cannot_run_is_refused_before_any_work(tmp_path, capsys, command):
+    """render, export, eval (and the demo's export and evaluation) render on the CPU, where gsplat
+    has no path: one line naming why, before a run is read or anything is written."""
+    args = [str(tmp_path / "run") if a == "RUN" else str(tmp_path / "demo") if a == "OUT" else a
+            for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    backend = command[-1]
+    assert len(err) == 1 and f"--backend {backend} cannot run here" in err[0], err
+    assert "use --backend auto" in err[0]
+    assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["render", "RUN", "--fps", "0"], "--fps must be a positive number"),
+    (["render", "RUN", "--fps", "nan"], "--fps must be a positive number"),
+    (["export", "RUN", "--fps", "-24"], "--fps must be a positive number"),
+    (["export", "RUN", "--texture", "--texture-size", "0"], "--texture-size 0 is too small"),
+    (["demo", "--out", "OUT", "--steps", "0"], "--steps must be at least 1"),
+])
+def test_numbers_that_cannot_work_are_one_line(tmp_path, capsys, command, expected):
+    args = [str(tmp_path / "run") if a == "RUN" else str(tmp_path / "demo") if a == "OUT" else a
+            for a in command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err

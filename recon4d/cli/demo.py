@@ -36,6 +36,11 @@ def run(config: Config) -> int:
     from recon4d.utils.output_location import require_writable_output
 
     out = Path(config.out)
+    if config.steps is not None and config.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {config.steps}")
+    from recon4d.render import require_backend
+
+    require_backend(config.backend, "cpu")  # the export and the evaluation render on the CPU
     require_writable_output(out)
     if out.exists():
         if not config.overwrite:

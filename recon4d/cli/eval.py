@@ -58,6 +58,9 @@ def run(config: Config) -> int:
 
     if config.samples < 100:
         raise UserError(f"--samples {config.samples} is too few: use at least 100")
+    from recon4d.render import require_backend
+
+    require_backend(config.backend, "cpu")  # evaluation renders on the CPU (evaluate.load_run)
     options = EvalOptions(backend=config.backend, geometry_frames=config.geometry_frames,
                           samples=config.samples, animated=config.animated,
                           mesh_kwargs={"resolution": config.mesh_resolution, "views": config.mesh_views,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -63,6 +64,14 @@ def run(config: Config) -> int:
     if config.resolution < 16 or config.views < 4 or config.image_size < 32:
         raise UserError("--resolution >= 16, --views >= 4 and --image-size >= 32 are needed for a "
                         "usable mesh: raise them")
+    if config.fps is not None and not (math.isfinite(config.fps) and config.fps > 0):
+        raise UserError(f"--fps must be a positive number of frames per second, got {config.fps}")
+    if config.texture and config.texture_size < 16:
+        raise UserError(f"--texture-size {config.texture_size} is too small: give at least 16 "
+                        "(e.g. 1024)")
+    from recon4d.render import require_backend
+
+    require_backend(config.backend, "cpu")  # export renders on the CPU (exporter.load_run)
     options = ExportOptions(faces=config.faces, texture=config.texture,
                             texture_size=config.texture_size, fps=config.fps,
                             resolution=config.resolution, views=config.views,

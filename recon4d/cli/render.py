@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -48,6 +49,11 @@ def run(config: Config) -> int:
         raise UserError(f"--time {config.time} is outside [0, 1]: times are normalised over the clip")
     if config.frames < 1 or config.size < 8:
         raise UserError("--frames must be >= 1 and --size >= 8")
+    if not (math.isfinite(config.fps) and config.fps > 0):
+        raise UserError(f"--fps must be a positive number of frames per second, got {config.fps}")
+    from recon4d.render import require_backend
+
+    require_backend(config.backend, "cpu")  # runs load on the CPU (load_run below)
     if config.out is not None:  # the default lies in the run directory, checked when it loads
         from recon4d.utils.output_location import require_writable_output
 

@@ -61,6 +61,9 @@ def run(config: Config) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+    from recon4d.render import require_backend
+
+    require_backend(config.backend, device)
     source = open_run(config.run_dir, device=device)
     try:
         app = ViewerApp(source, host=config.host, port=config.port, backend=config.backend,
