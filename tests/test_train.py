@@ -340,6 +340,27 @@ def test_fit_refuses_settings_that_cannot_work_from_python_too(ball, tmp_path):
             render_api._native_state.update(saved)
 
 
+def test_ctrl_c_during_a_fit_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    """Ctrl+C: exit 130 and one line; with a checkpoint on disk it names the --resume command."""
+    import recon4d.train.api as train_api
+    from recon4d.utils.checkpoint import save_checkpoint
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_api, "fit", interrupted)
+    out = tmp_path / "my run"
+    assert main(["fit", str(tmp_path / "clip.mp4"), "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["recon4d: interrupted: no checkpoint was written yet; run the same command "
+                   "again to start over"]
+    save_checkpoint(out / "checkpoints", 200, {"step": 200})
+    assert main(["fit", str(tmp_path / "clip.mp4"), "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"recon4d: interrupted: continue with: recon4d fit {tmp_path / 'clip.mp4'} "
+                   f"--out '{out}' --resume"]
+
+
 def test_rendered_flow_reads_back_the_surfel_motion():
     from recon4d.render.types import Cameras, Surfels
     from recon4d.train.flow import render_flow

@@ -58,6 +58,9 @@ def run(config: Config) -> int:
 
     if config.samples < 100:
         raise UserError(f"--samples {config.samples} is too few: use at least 100")
+    if config.mesh_resolution < 16 or config.mesh_views < 4 or config.mesh_image_size < 32:
+        raise UserError("--mesh-resolution >= 16, --mesh-views >= 4 and --mesh-image-size >= 32 "
+                        "are needed for a usable per-frame mesh: raise them")
     from recon4d.render import require_backend
 
     require_backend(config.backend, "cpu")  # evaluation renders on the CPU (evaluate.load_run)

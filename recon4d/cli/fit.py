@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -112,6 +113,14 @@ def run(config: Config) -> int:
     try:
         run_dir = fit(config.input, config.out, preset=config.preset, resume=config.resume,
                       on_step=viewer.on_step if viewer is not None else None, overrides=overrides)
+    except KeyboardInterrupt:
+        from recon4d.utils.checkpoint import latest_checkpoint
+
+        if latest_checkpoint(config.out / "checkpoints") is None:
+            raise KeyboardInterrupt("no checkpoint was written yet; run the same command again "
+                                    "to start over") from None
+        raise KeyboardInterrupt(f"continue with: recon4d fit {shlex.quote(str(config.input))} "
+                                f"--out {shlex.quote(str(config.out))} --resume") from None
     finally:
         if viewer is not None:
             viewer.close()
