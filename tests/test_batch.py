@@ -379,6 +379,14 @@ def test_cli_errors_and_dry_run(tmp_path, capsys, monkeypatch):
     assert main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"),
                  "--gpus-per-job", "1"]) == 2
     assert "--gpus-per-job 1 but this machine shows 0 GPU(s)" in capsys.readouterr().err
+    for option, value, expected in [("--workers", "-1", "--workers must be 0"),
+                                    ("--cpus-per-job", "nan", "--cpus-per-job must be > 0"),
+                                    ("--gpus-per-job", "inf", "--cpus-per-job must be > 0"),
+                                    ("--timeout", "nan", "--timeout must be positive seconds")]:
+        assert main(["batch", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"),
+                     option, value]) == 2, option
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (option, err)
 
 
 # Ray executor ---------------------------------------------------------------------------------

@@ -175,6 +175,9 @@ def test_alpha_requested_but_absent(capsys, tmp_path, clip):
     ("--max-frames", "1", "--max-frames must be"),
     ("--fov-deg", "0", "--fov-deg must be"),
     ("--camera", "transforms", "needs a transforms.json input"),
+    ("--distance", "inf", "--distance must be a positive number"),
+    ("--sweep-deg", "nan", "--sweep-deg must be a number of degrees"),
+    ("--start-azimuth-deg", "inf", "--start-azimuth-deg must be a number of degrees"),
 ])
 def test_bad_options(capsys, tmp_path, clip, option, value, fragment):
     folder, _, _ = clip

@@ -324,6 +324,7 @@ def test_a_backend_that_cannot_run_is_refused_before_any_work(tmp_path, capsys, 
     (["export", "RUN", "--texture", "--texture-size", "0"], "--texture-size 0 is too small"),
     (["demo", "--out", "OUT", "--steps", "0"], "--steps must be at least 1"),
     (["eval", "RUN", "--mesh-views", "0"], "--mesh-views >= 4"),
+    (["scenes", "make", "default", "--out", "OUT", "--seed", "-1"], "--seed must be 0 or more"),
 ])
 def test_numbers_that_cannot_work_are_one_line(tmp_path, capsys, command, expected):
     args = [str(tmp_path / "run") if a == "RUN" else str(tmp_path / "demo") if a == "OUT" else a

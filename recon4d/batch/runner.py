@@ -9,6 +9,7 @@ not retried: the same input would fail the same way; exceptions and crashed work
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -77,10 +78,15 @@ def run_batch(specs: list[JobSpec], out_dir: str | Path, *, executor: str = "loc
     """
     if retries < 0:
         raise UserError(f"--retries must be 0 or more, got {retries}")
-    if timeout is not None and timeout < 0:
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
         raise UserError(f"--timeout must be positive seconds, got {timeout}")
-    if cpus_per_job <= 0 or gpus_per_job < 0:
-        raise UserError("--cpus-per-job must be > 0 and --gpus-per-job >= 0")
+    if not (math.isfinite(cpus_per_job) and math.isfinite(gpus_per_job)) or cpus_per_job <= 0 \
+            or gpus_per_job < 0:
+        raise UserError(f"--cpus-per-job must be > 0 and --gpus-per-job >= 0, got {cpus_per_job} "
+                        f"and {gpus_per_job}")
+    if workers < 0:
+        raise UserError(f"--workers must be 0 (as many as the resources allow) or more, got "
+                        f"{workers}")
     out = Path(out_dir).expanduser().absolute()
     resolver = RunDirResolver(out)
     for spec in specs:

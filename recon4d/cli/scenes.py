@@ -71,6 +71,8 @@ def run(config: Config) -> int:
     from recon4d.scenes import make_scene
     from recon4d.utils.output_location import require_writable_output
 
+    if config.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {config.seed}")
     require_writable_output(config.out)
     path = make_scene(config.name, config.out, seed=config.seed, overwrite=config.overwrite,
                       resolution=config.resolution, frames=config.frames)

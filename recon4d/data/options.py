@@ -6,6 +6,7 @@ Field docstrings are the ``--help`` text.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, get_args
@@ -106,8 +107,12 @@ class IngestOptions:
             raise UserError(f"--max-input-side must be >= 64, got {self.max_input_side}")
         if not 1.0 <= self.fov_deg <= 170.0:
             raise UserError(f"--fov-deg must be between 1 and 170 degrees, got {self.fov_deg}")
-        if not self.distance > 0.0:
-            raise UserError(f"--distance must be positive, got {self.distance}")
+        if not (math.isfinite(self.distance) and self.distance > 0.0):
+            raise UserError(f"--distance must be a positive number, got {self.distance}")
+        for option, value in (("--sweep-deg", self.sweep_deg),
+                              ("--start-azimuth-deg", self.start_azimuth_deg)):
+            if not math.isfinite(value):
+                raise UserError(f"{option} must be a number of degrees, got {value}")
         if not -89.0 <= self.elevation_deg <= 89.0:
             raise UserError(f"--elevation-deg must be between -89 and 89, got "
                             f"{self.elevation_deg}")
