@@ -361,6 +361,38 @@ def test_ctrl_c_during_a_fit_says_how_to_resume(monkeypatch, tmp_path, capsys):
                    f"--out '{out}' --resume"]
 
 
+def test_a_damaged_dataset_is_one_line_naming_the_file(ball, tmp_path, capsys):
+    """A fit (and everything that reads a run's dataset) names the damaged file and the fix."""
+    import shutil
+
+    from recon4d.data.dataset import load_dataset, read_npz_array
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(ball, damaged)
+    frame = sorted((damaged / "frames").iterdir())[1]
+    frame.write_bytes(frame.read_bytes()[:40])  # a truncated PNG
+    with pytest.raises(UserError, match=re.escape(f"{frame.name} cannot be read as an image")):
+        load_dataset(damaged)
+    frame.write_bytes(b"not an image")
+    assert main(["fit", str(damaged), "--out", str(tmp_path / "run"), "--preset", "test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be read as an image" in err[0] and "ingest the input again" \
+        in err[0], err
+    npz = tmp_path / "flow.npz"
+    np.savez(npz, flow=np.zeros((2, 3), np.float32))
+    assert read_npz_array(npz, "flow", "fix").shape == (2, 3)
+    npz.write_bytes(npz.read_bytes()[:50])
+    with pytest.raises(UserError, match="flow.npz cannot be read .*the dataset is damaged, fix"):
+        read_npz_array(npz, "flow", "fix")
+    # A dataset's manifest that no longer parses is not taken for a folder of frames.
+    broken = tmp_path / "broken"
+    shutil.copytree(ball, broken)
+    (broken / "manifest.json").write_text("{")
+    assert main(["fit", str(broken), "--out", str(tmp_path / "run2"), "--preset", "test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json is not valid JSON: if" in err[0], err
+
+
 def test_rendered_flow_reads_back_the_surfel_motion():
     from recon4d.render.types import Cameras, Surfels
     from recon4d.train.flow import render_flow

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -142,8 +143,7 @@ class Dataset:
             if not path.is_file():
                 raise UserError(f"dataset '{self.root}' lists {flow[key]} but it is missing: "
                                 "ingest the input again")
-            with np.load(path) as data:
-                out.append(data["flow"].astype(np.float32))
+            out.append(read_npz_array(path, "flow", "ingest the input again"))
         return out[0], out[1]
 
     def load_depth(self) -> tuple[np.ndarray, str] | None:
@@ -282,6 +282,17 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def read_npz_array(path: Path, key: str, fix: str) -> np.ndarray:
+    """Array ``key`` of the .npz file ``path`` as float32; a damaged or truncated file is a
+    one-line :class:`UserError` naming it and ``fix``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return data[key].astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{path} cannot be read ({type(exc).__name__}): the dataset is damaged, "
+                        f"{fix}") from exc
+
+
 def is_dataset_dir(path: str | Path) -> bool:
     """True when ``path`` is a directory with a recon4d manifest.json."""
     manifest = Path(path) / "manifest.json"
@@ -334,7 +345,11 @@ def load_dataset(path: str | Path, verify_hashes: bool = False) -> Dataset:
             if verify_hashes and sha256_bytes(data) != entry.get(f"{key}_sha256"):
                 raise UserError(f"{file} does not match its hash in manifest.json (modified or "
                                 "damaged): ingest the input again")
-            image = Image.open(io.BytesIO(data)).convert(mode)
+            try:
+                image = Image.open(io.BytesIO(data)).convert(mode)
+            except (OSError, ValueError) as exc:  # not an image, or a truncated one
+                raise UserError(f"{file} cannot be read as an image ({type(exc).__name__}): the "
+                                "dataset is damaged, ingest the input again") from exc
             if image.size != (width, height):
                 raise UserError(f"{file} is {image.size[0]}x{image.size[1]}, manifest says "
                                 f"{width}x{height}: ingest the input again")

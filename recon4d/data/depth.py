@@ -222,8 +222,9 @@ def load_depth(dataset_dir: str | Path, manifest: dict) -> tuple[np.ndarray, str
     if not path.is_file():
         raise UserError(f"dataset '{dataset_dir}' lists {entry['path']} but it is missing: "
                         "ingest the input again with --depth")
-    with np.load(path) as data:
-        depth = data["depth"].astype(np.float32)
+    from recon4d.data.dataset import read_npz_array
+
+    depth = read_npz_array(path, "depth", "ingest the input again with --depth")
     shape = (int(manifest["num_frames"]), int(manifest["height"]), int(manifest["width"]))
     if depth.shape != shape:
         raise UserError(f"{path} has shape {depth.shape}, the dataset needs {shape}: ingest the "
