@@ -13,6 +13,7 @@ from PIL import Image
 
 from recon4d.cli.main import main
 from recon4d.data.dataset import load_dataset
+from recon4d.errors import UserError
 from test_ingest import BG, blob_clip, write_mp4, write_pngs
 
 
@@ -293,7 +294,60 @@ def test_clip_too_big_for_memory(capsys, tmp_path, clip, monkeypatch):
     8 GB, is monkeypatched down to three 64x64 frames' worth)."""
     from recon4d.data import readers
 
-    folder, _, _ = clip
+    folder, frames, _ = clip
     monkeypatch.setattr(readers, "MAX_CLIP_BYTES", 2 * 64 * 64 * 3 + 1)
-    line = fails(capsys, tmp_path, [str(folder)], "too long to hold in memory at 64x64")
-    assert "after 3 frames" in line and "--stride or --max-frames, or --max-input-side" in line
+    # The folder declares its length: refused before reading, since shrinking the frames
+    # enough would take them under the smallest read size (1024 px).
+    line = fails(capsys, tmp_path, [str(folder)], "is 4 frames of 64x64 (0.0 GB decoded), too "
+                 "long to hold in memory")
+    assert "even at 1024 px: pass --stride or --max-frames" in line
+    # A clip of unknown length (a video that declares no frame count) stops when it overflows.
+    collector = readers.FrameCollector("video 'x.mp4'", 4096, expected=None)
+    collector.add(frames[0], None, "frame 0")
+    collector.add(frames[1], None, "frame 1")
+    with pytest.raises(UserError, match="too long to hold in memory at 64x64 .*after 3 frames.*"
+                       "--stride or --max-frames, or --max-input-side"):
+        collector.add(frames[2], None, "frame 2")
+
+
+@pytest.mark.parametrize("expected", [None, 5, 3])
+def test_frame_collector_keeps_every_frame_whatever_the_declared_count(expected):
+    """Declared count right (frames go into one array, no copy at the end), too small (the rest
+    kept apart, then copied) or unknown; and a subset picked from its list afterwards."""
+    from recon4d.data.readers import FrameCollector
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 8, 6, 3), dtype=np.uint8)
+    for pick in (None, [0, 2, 4]):
+        collector = FrameCollector("clip", 4096, expected=expected)
+        for i, frame in enumerate(frames):
+            collector.add(frame, None, f"frame {i}")
+        if pick is not None:
+            collector.frames = [collector.frames[i] for i in pick]
+            collector.alphas = [collector.alphas[i] for i in pick]
+        out, alpha = collector.finish()
+        want = frames if pick is None else frames[pick]
+        assert alpha is None and out.shape == want.shape and np.array_equal(out, want)
+        assert out.flags.c_contiguous
+        if expected == 5 and pick is None:
+            assert out.base is not None  # the preallocated array itself, not a copy of it
+
+
+def test_clip_too_long_for_memory_is_read_smaller(capsys, tmp_path, monkeypatch):
+    """A video whose declared length would not fit is decoded at the size that fits, with a
+    warning, and ingests: the frames scale by sqrt(limit / clip), the crop follows."""
+    from recon4d.data import ingest as ingest_module
+    from recon4d.data import readers
+
+    frames, _ = blob_clip(frames=8, size=192)
+    video = write_mp4(tmp_path / "long.mp4", frames)
+    monkeypatch.setattr(readers, "MAX_CLIP_BYTES", 2 * 192 * 192 * 3)  # a quarter of the clip
+    monkeypatch.setattr(ingest_module, "MIN_READ_SIDE", 16)
+    out = tmp_path / "ds"
+    assert main(["ingest", str(video), "--out", str(out), "--resolution", "16", "--no-flow"]) == 0
+    err = capsys.readouterr().err
+    assert "is 8 frames of 192x192" in err and "frames are read at 95x95" in err, err
+    dataset = load_dataset(out)
+    assert dataset.num_frames == 8 and dataset.manifest["extras"]["crop"]["read_scale"] == pytest.approx(
+        95 / 192)
+    clip = readers.read_input(video, min_side=16)
+    assert clip.frames.shape == (8, 95, 95, 3) and clip.frames.nbytes <= readers.MAX_CLIP_BYTES

@@ -19,7 +19,7 @@ import numpy as np
 
 from recon4d.data.dataset import CameraSet, is_dataset_dir, write_dataset
 from recon4d.data.options import IngestOptions
-from recon4d.data.readers import RawClip, input_kind, read_input, read_masks
+from recon4d.data.readers import MIN_READ_SIDE, RawClip, input_kind, read_input, read_masks
 from recon4d.errors import UserError
 from recon4d.utils import console
 from recon4d.utils.atomic import read_json
@@ -159,7 +159,8 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
     input_path, out_dir = Path(input_path), Path(out_dir)
     _check_paths(input_path, out_dir, options.overwrite)
     kind = input_kind(input_path)
-    clip = read_input(input_path, options.stride, options.max_frames, options.max_input_side)
+    clip = read_input(input_path, options.stride, options.max_frames, options.max_input_side,
+                      min_side=max(MIN_READ_SIDE, 4 * options.resolution))
     frames, masks, masks_from, mask_notes = resolve_masks(clip, options)
     check_sequence(masks, masks_from)
 
@@ -193,7 +194,8 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
 
     warnings: list[str] = [f"converted {note} frames to 8-bit RGB" for note in clip.notes]
     if clip.scale != 1.0:
-        warnings.append(f"input downscaled by {clip.scale:.3f} on reading (--max-input-side)")
+        warnings.append(f"input downscaled by {clip.scale:.3f} on reading (--max-input-side, or "
+                        "a clip too long for memory at full size)")
     if out_depth is not None:
         check_coverage(out_depth, out_masks)
     areas = mask_areas(out_masks)

@@ -10,6 +10,7 @@ source frame numbers that were kept. nerfstudio ``transforms.json`` inputs are r
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -27,6 +28,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # ingest peaks near 1.6x the decoded clip (docs/ingest.md), so 8 GB keeps it near 13 GB on the
 # 24 GB machines recon4d targets; a 10-second 4K clip (6 GB decoded) fits.
 MAX_CLIP_BYTES = 8 * 1024 ** 3
+MIN_READ_SIDE = 1024
+"""Longest side below which a clip too big for memory is not shrunk on reading (the error names
+--stride and --max-frames instead): a subject filling a quarter of the frame still gives a
+256-pixel crop. ``recon4d ingest`` raises it to 4x --resolution."""
 
 
 @dataclass
@@ -183,41 +188,72 @@ def limit_side(array: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(array, size, interpolation=cv2.INTER_AREA), scale
 
 
-class FrameCollector:
-    """Gathers frames of one size, applying the huge-frame downscale and the memory guard."""
+def fitting_scale(count: int, width: int, height: int, limit: int | None = None) -> float:
+    """Largest scale (at most 1) at which ``count`` RGB frames of width x height, resized with
+    :func:`limit_side`, fit in ``limit`` bytes (default :data:`MAX_CLIP_BYTES`)."""
+    limit = MAX_CLIP_BYTES if limit is None else limit
+    need = count * width * height * 3
+    if need <= limit:
+        return 1.0
+    return math.sqrt(limit / need) * 0.995  # room for the rounding of the resized sides
 
-    def __init__(self, what: str, max_side: int):
+
+class FrameCollector:
+    """Gathers frames of one size, applying the huge-frame downscale and the memory guard.
+
+    ``expected`` (the number of frames that will be added, when the input declares it) lets a
+    clip too big for memory be read smaller from its first frame on, down to ``min_side``, and
+    the frames go straight into one preallocated array. Kept frames interleaved with each
+    decoded frame's temporaries fragmented the heap: a 400-frame 4K video read at 8.5 GB peaked
+    at 17 GB of RSS through a list of frames, 12 GB into one array.
+    """
+
+    def __init__(self, what: str, max_side: int, expected: int | None = None,
+                 min_side: int = MIN_READ_SIDE):
         self.what = what
         self.max_side = max_side
+        self.expected = expected
+        self.min_side = min_side
+        self.read_side = max_side
         self.frames: list[np.ndarray] = []
         self.alphas: list[Optional[np.ndarray]] = []
         self.scale = 1.0
         self.notes: list[str] = []
         self.original_size: tuple[int, int] | None = None
+        self._buffer: np.ndarray | None = None  # (expected, H, W, 3) once the size is known
+        self._buffer_ids: list[int] = []        # ids of the views of it in self.frames
+
+    def _store(self, rgb: np.ndarray) -> np.ndarray:
+        """Copy ``rgb`` into the preallocated array (a view of it), or keep it as it is."""
+        if self.expected and self._buffer is None and not self.frames:
+            self._buffer = np.empty((self.expected,) + rgb.shape, np.uint8)  # pages on first use
+        filled = len(self._buffer_ids)
+        if self._buffer is not None and filled < len(self._buffer) and \
+                len(self.frames) == filled:
+            self._buffer[filled] = rgb
+            view = self._buffer[filled]
+            self._buffer_ids.append(id(view))
+            return view
+        return np.ascontiguousarray(rgb, dtype=np.uint8)  # more frames than declared: a list
 
     def add(self, rgb: np.ndarray, alpha: Optional[np.ndarray], name: str,
             note: Optional[str] = None) -> None:
         size = (rgb.shape[1], rgb.shape[0])
         if self.original_size is None:
             self.original_size = size
-            self.scale = min(1.0, self.max_side / max(size))
-            if self.scale != 1.0:
-                small = limit_side(rgb, self.max_side)[0]
-                console.warn(f"{self.what} frames are {size[0]}x{size[1]}, larger than "
-                             f"--max-input-side {self.max_side}: downscaled to "
-                             f"{small.shape[1]}x{small.shape[0]} on reading")
+            self._choose_read_size(rgb)
         elif size != self.original_size:
             first = self.original_size
             raise UserError(f"{name} is {size[0]}x{size[1]} but the first frame is "
                             f"{first[0]}x{first[1]}: all frames must have the same size; resize "
                             "or remove the odd ones")
         if self.scale != 1.0:
-            rgb = limit_side(rgb, self.max_side)[0]
+            rgb = limit_side(rgb, self.read_side)[0]
             if alpha is not None:
-                alpha = limit_side(alpha, self.max_side)[0]
+                alpha = limit_side(alpha, self.read_side)[0]
         if note and note not in self.notes:
             self.notes.append(note)
-        self.frames.append(np.ascontiguousarray(rgb, dtype=np.uint8))
+        self.frames.append(self._store(rgb))
         self.alphas.append(alpha)
         height, width = rgb.shape[:2]
         if len(self.frames) * height * width * 3 > MAX_CLIP_BYTES:
@@ -225,16 +261,52 @@ class FrameCollector:
                             f"(over {MAX_CLIP_BYTES // 1024 ** 3} GB after {len(self.frames)} "
                             "frames): pass --stride or --max-frames, or --max-input-side")
 
+    def _choose_read_size(self, first: np.ndarray) -> None:
+        """Set ``read_side`` and ``scale`` from the first frame: --max-input-side, then, for a
+        clip whose declared length would not fit in memory, the size at which it does."""
+        height, width = first.shape[:2]
+        longest = max(width, height)
+        self.read_side = min(longest, self.max_side)
+        if self.read_side < longest:
+            small = limit_side(first, self.read_side)[0]
+            console.warn(f"{self.what} frames are {width}x{height}, larger than "
+                         f"--max-input-side {self.max_side}: downscaled to "
+                         f"{small.shape[1]}x{small.shape[0]} on reading")
+        if self.expected:
+            fit = fitting_scale(self.expected, width, height)
+            fitting_side = int(longest * fit)
+            if fitting_side < self.read_side:
+                gigabytes = self.expected * width * height * 3 / 1024 ** 3
+                limit = MAX_CLIP_BYTES / 1024 ** 3
+                if fitting_side < self.min_side:
+                    raise UserError(
+                        f"{self.what} is {self.expected} frames of {width}x{height} "
+                        f"({gigabytes:.1f} GB decoded), too long to hold in memory ({limit:.3g} "
+                        f"GB) even at {self.min_side} px: pass --stride or --max-frames")
+                self.read_side = fitting_side
+                small = limit_side(first, fitting_side)[0]
+                console.warn(f"{self.what} is {self.expected} frames of {width}x{height} "
+                             f"({gigabytes:.1f} GB decoded, over the {limit:.3g} GB an ingest "
+                             f"holds): frames are read at {small.shape[1]}x{small.shape[0]} "
+                             "(pass --stride or --max-frames to keep their full size)")
+        self.scale = self.read_side / longest
+
     def finish(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
         # Copy into one array frame by frame, dropping each frame as it is copied: np.stack
         # would hold the list and the stack at once (twice the clip in memory at its peak).
         # Callers have checked for at least two frames (require_two_frames).
         count = len(self.frames)
-        frames = np.empty((count,) + self.frames[0].shape, np.uint8)
         with_alpha = any(a is not None for a in self.alphas)
+        # Every frame already in the preallocated array, in order (callers may have picked a
+        # subset of the list since): then no copy.
+        in_place = self._buffer is not None and [id(f) for f in self.frames] == self._buffer_ids
+        frames = self._buffer[:count] if in_place else np.empty((count,) + self.frames[0].shape,
+                                                                  np.uint8)
+        self._buffer = None
         alpha = np.empty((count,) + self.frames[0].shape[:2], np.uint8) if with_alpha else None
         for i in range(count):
-            frames[i] = self.frames[i]
+            if not in_place:
+                frames[i] = self.frames[i]
             if alpha is not None:
                 alpha[i] = 255 if self.alphas[i] is None else self.alphas[i]
             self.frames[i] = self.alphas[i] = None
@@ -261,7 +333,8 @@ def list_images(folder: Path) -> list[Path]:
     return natsorted(files, key=lambda p: p.name)
 
 
-def read_folder(folder: Path, stride: int, max_frames: int | None, max_side: int) -> RawClip:
+def read_folder(folder: Path, stride: int, max_frames: int | None, max_side: int,
+                min_side: int = MIN_READ_SIDE) -> RawClip:
     files = list_images(folder)
     if not files:
         others = [p.name for p in folder.iterdir() if not p.name.startswith(".")][:3]
@@ -270,7 +343,7 @@ def read_folder(folder: Path, stride: int, max_frames: int | None, max_side: int
     require_two_frames(len(files), f"folder '{folder}'")
     keep = select_indices(len(files), stride, max_frames)
     require_two_frames(len(keep), f"folder '{folder}' after --stride {stride}")
-    collector = FrameCollector(f"folder '{folder}'", max_side)
+    collector = FrameCollector(f"folder '{folder}'", max_side, len(keep), min_side)
     for index in console.track(keep, description="reading frames"):
         path = files[index]
         image = open_image(path)
@@ -318,7 +391,8 @@ def iterate_video(path: Path) -> Iterable[tuple[object, float | None]]:
         container.close()
 
 
-def read_video(path: Path, stride: int, max_frames: int | None, max_side: int) -> RawClip:
+def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
+               min_side: int = MIN_READ_SIDE) -> RawClip:
     container = _open_container(path)
     stream = container.streams.video[0]
     declared = int(stream.frames or 0)
@@ -327,7 +401,6 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int) -
     codec = stream.codec_context.name
     container.close()
     has_alpha = pix_fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya"))
-    collector = FrameCollector(f"video '{path}'", max_side)
     times: list[float | None] = []
     kept: list[int] = []
     # Without --max-frames a single streaming pass with --stride bounds memory; with it, an
@@ -335,6 +408,8 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int) -
     wanted = None
     if max_frames is not None and declared > 0:
         wanted = set(select_indices(declared, stride, max_frames))
+    expected = len(wanted) if wanted is not None else -(-declared // stride) if declared else None
+    collector = FrameCollector(f"video '{path}'", max_side, expected, min_side)
     total = 0
     for index, (frame, time) in enumerate(console.track(iterate_video(path), total=declared or None,
                                                         description="decoding video")):
@@ -369,7 +444,8 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int) -
 
 
 # Animated images (GIF, animated WebP/PNG) ----------------------------------------------------
-def read_animation(path: Path, stride: int, max_frames: int | None, max_side: int) -> RawClip:
+def read_animation(path: Path, stride: int, max_frames: int | None, max_side: int,
+                   min_side: int = MIN_READ_SIDE) -> RawClip:
     from PIL import ImageSequence
 
     image = open_image(path, transpose=False)
@@ -378,7 +454,7 @@ def read_animation(path: Path, stride: int, max_frames: int | None, max_side: in
     keep = select_indices(count, stride, max_frames)
     require_two_frames(len(keep), f"'{path}' after --stride {stride}")
     keep_set = set(keep)
-    collector = FrameCollector(f"'{path}'", max_side)
+    collector = FrameCollector(f"'{path}'", max_side, len(keep), min_side)
     starts, clock = [], 0.0
     try:
         for index, frame in enumerate(ImageSequence.Iterator(image)):
@@ -504,8 +580,12 @@ def input_kind(path: Path) -> str:
 
 
 def read_input(path: Path, stride: int = 1, max_frames: int | None = None,
-               max_side: int = 4096) -> RawClip:
-    """Read any supported input (see :func:`input_kind`) into a :class:`RawClip`."""
+               max_side: int = 4096, min_side: int = MIN_READ_SIDE) -> RawClip:
+    """Read any supported input (see :func:`input_kind`) into a :class:`RawClip`.
+
+    A clip whose declared length would not fit in memory is read smaller, down to a longest
+    side of ``min_side`` (videos, frame folders, animations; see :class:`FrameCollector`).
+    """
     if not path.exists():
         raise UserError(f"input '{path}' does not exist: check the path")
     kind = input_kind(path)
@@ -515,7 +595,7 @@ def read_input(path: Path, stride: int = 1, max_frames: int | None = None,
         json_path = path / "transforms.json" if path.is_dir() else path
         return read_transforms(json_path, stride, max_frames, max_side)
     if kind == "frames":
-        return read_folder(path, stride, max_frames, max_side)
+        return read_folder(path, stride, max_frames, max_side, min_side)
     if kind == "video":
-        return read_video(path, stride, max_frames, max_side)
-    return read_animation(path, stride, max_frames, max_side)
+        return read_video(path, stride, max_frames, max_side, min_side)
+    return read_animation(path, stride, max_frames, max_side, min_side)
