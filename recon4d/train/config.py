@@ -240,8 +240,11 @@ def config_problem(config: FitConfig) -> str | None:
     if isinstance(config.num_threads, bool) or not isinstance(config.num_threads, int) \
             or config.num_threads < 0:
         return f"num_threads must be 1 or more (0: torch's default), got {config.num_threads!r}"
-    if config.device not in ("auto", "cpu", "cuda"):
-        return f"device must be auto, cpu or cuda, got {config.device!r}"
+    device = config.device
+    if not (device in ("auto", "cpu", "cuda") or (isinstance(device, str) and
+                                                   device.startswith("cuda:") and
+                                                   device[5:].isdigit())):
+        return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
     for name in ("resolution_scaling", "frames_scaling", "scaling_budget"):
         if bad_number(getattr(config, name), 1.0):
             return f"{name} must be a number 1 or more, got {getattr(config, name)!r}"
