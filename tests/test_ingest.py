@@ -13,6 +13,7 @@ from PIL import Image
 
 from recon4d.cli.main import main
 from recon4d.data.dataset import load_dataset
+from recon4d.data.readers import read_input
 from recon4d.data.flow import midpoint_frame
 from recon4d.data.ingest import ensure_dataset, ingest
 from recon4d.data.options import IngestOptions
@@ -57,8 +58,9 @@ def write_pngs(folder: Path, images, prefix: str = "frame", mode: str | None = N
 
 
 def write_mp4(path: Path, images, fps: int = 10, pts=None, crf: int = 18,
-              codec: str = "libx264") -> Path:
-    """Encode uint8 RGB frames with PyAV (any container its suffix names)."""
+              codec: str = "libx264", rotation: int = 0) -> Path:
+    """Encode uint8 RGB frames with PyAV (any container its suffix names); ``rotation``
+    (degrees, counter-clockwise) goes into the display matrix, as phones store portrait video."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -66,6 +68,8 @@ def write_mp4(path: Path, images, fps: int = 10, pts=None, crf: int = 18,
         stream.height, stream.width = images[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
+        if rotation:
+            stream.set_display_rotation(rotation)
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, fps)
         for i, image in enumerate(images):
@@ -249,6 +253,26 @@ def test_given_mask_folder_and_mask_video(tmp_path):
         masks=video, crop="off", **SMALL)))
     assert dataset.manifest["masks_from"] == "given"
     assert min(iou(m >= 0.5, t) for m, t in zip(dataset.masks, truth)) >= 0.97
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_video_display_rotation_turns_frames_and_mask_videos_upright(tmp_path, rotation):
+    """A phone's portrait video: landscape frames plus a display-matrix rotation, which decoding
+    ignores. Frames and a mask video with the same rotation come out upright and aligned."""
+    frames, truth = blob_clip(frames=6)
+    turns = rotation // 90
+    video = write_mp4(tmp_path / "turned.mp4", frames, rotation=rotation)
+    clip = read_input(video)
+    upright = np.rot90(frames, turns, axes=(1, 2))
+    assert clip.source["display_rotation_deg"] == 90 * (turns % 4)
+    assert np.abs(clip.frames.astype(float) - upright).mean() < 3.0
+    assert np.abs(clip.frames.astype(float) - frames).mean() > 10.0  # the turn matters
+    mask_video = write_mp4(tmp_path / "masks.mp4", np.repeat(
+        (truth * 255).astype(np.uint8)[..., None], 3, axis=-1), rotation=rotation)
+    dataset = load_dataset(ingest(video, tmp_path / "ds", IngestOptions(
+        masks=mask_video, crop="off", **SMALL)))
+    upright_truth = np.rot90(truth, turns, axes=(1, 2))
+    assert min(iou(m >= 0.5, t) for m, t in zip(dataset.masks, upright_truth)) >= 0.97
 
 
 def test_grabcut_tightens_loose_given_masks(tmp_path):

@@ -391,6 +391,20 @@ def iterate_video(path: Path) -> Iterable[tuple[object, float | None]]:
         container.close()
 
 
+def display_turns(frame) -> int:
+    """Quarter turns (counter-clockwise) that show a decoded video frame upright: phones store
+    portrait video as landscape frames plus a display-matrix rotation, which decoding ignores."""
+    degrees = getattr(frame, "rotation", 0) or 0
+    return int(round(degrees / 90.0)) % 4
+
+
+def upright_array(frame, pixel_format: str) -> np.ndarray:
+    """``frame.to_ndarray(format=pixel_format)`` turned by its display rotation, (H, W[, C])."""
+    array = frame.to_ndarray(format=pixel_format)
+    turns = display_turns(frame)
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+
+
 def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
                min_side: int = MIN_READ_SIDE) -> RawClip:
     container = _open_container(path)
@@ -411,6 +425,7 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     expected = len(wanted) if wanted is not None else -(-declared // stride) if declared else None
     collector = FrameCollector(f"video '{path}'", max_side, expected, min_side)
     total = 0
+    turns: int | None = None  # the display rotation, read from the first kept frame
     for index, (frame, time) in enumerate(console.track(iterate_video(path), total=declared or None,
                                                         description="decoding video")):
         total = index + 1
@@ -418,10 +433,15 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
         if not take:
             continue
         if has_alpha:
-            rgba = frame.to_ndarray(format="rgba")
+            rgba = upright_array(frame, "rgba")
             rgb, alpha = np.ascontiguousarray(rgba[..., :3]), _opaque_to_none(rgba[..., 3])
         else:
-            rgb, alpha = frame.to_ndarray(format="rgb24"), None
+            rgb, alpha = upright_array(frame, "rgb24"), None
+        if turns is None:
+            turns = display_turns(frame)
+            if turns:
+                console.info(f"video '{path.name}' is stored turned ({90 * turns} degrees in its "
+                             "display matrix): frames are turned upright")
         collector.add(rgb, alpha, f"frame {index} of '{path.name}'")
         kept.append(index)
         times.append(time)
@@ -439,7 +459,8 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
         stamps = np.asarray(times, np.float64)
     source = {"path": str(path.resolve()), "type": "video", "sha256": sha256_file(path),
               "fps": fps, "num_source_frames": total, "codec": codec, "pix_fmt": pix_fmt,
-              "original_size": list(collector.original_size)}
+              "original_size": list(collector.original_size),  # upright, as displayed
+              "display_rotation_deg": 90 * (turns or 0)}
     return RawClip(frames, alpha, stamps, kept, total, source, scale=collector.scale)
 
 
@@ -538,7 +559,7 @@ def read_masks(path: Path, clip: RawClip) -> np.ndarray:
             to_grey: Callable = mask_from_image
         else:
             frames_iter = iterate_video(path)
-            to_grey = lambda f: f.to_ndarray(format="gray")  # noqa: E731
+            to_grey = lambda f: upright_array(f, "gray")  # noqa: E731
         for index, (frame, _) in enumerate(frames_iter):
             count = index + 1
             if index in keep:
