@@ -124,6 +124,11 @@ def test_checkpoints_atomic_latest_and_safe_load(tmp_path):
     latest.write_bytes(b"garbage")
     with pytest.raises(UserError, match="cannot be read"):
         load_checkpoint(latest)
+    # The temporary of a write killed before its rename goes with the next save.
+    stale = tmp_path / ".tmp-step_0000050-abc.pt"
+    stale.write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path, 60, {"step": 60}, keep=2)
+    assert not stale.exists() and latest_checkpoint(tmp_path).name == "step_0000060.pt"
 
 
 class Evil:

@@ -40,6 +40,10 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: 
     steps = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_NAME.match(p.name)))
     for old in steps[:-keep] if keep > 0 else []:
         (folder / checkpoint_name(old)).unlink(missing_ok=True)
+    # A write killed before its rename (SIGKILL, SIGTERM, power) leaves its temporary behind,
+    # a checkpoint's size each time; one fit writes a run's checkpoints, so they are stale.
+    for stale in folder.glob(".tmp-step_*"):
+        stale.unlink(missing_ok=True)
     return path
 
 
