@@ -13,3 +13,15 @@ class UserError(Exception):
     The message is one sentence naming the problem and what to do, e.g.
     ``"input 'clip.mp4' does not exist: check the path"``. The CLI prints it without a traceback.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """A command stopped by Ctrl+C or SIGTERM, with what to do next in the message.
+
+    The CLI prints ``recon4d: interrupted: MESSAGE`` and exits with ``exit_code`` (130 for
+    SIGINT, 143 for SIGTERM, as shells report a process those signals ended).
+    """
+
+    def __init__(self, message: str = "", exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code

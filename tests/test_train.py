@@ -393,6 +393,65 @@ def test_a_damaged_dataset_is_one_line_naming_the_file(ball, tmp_path, capsys):
     assert len(err) == 1 and "manifest.json is not valid JSON: if" in err[0], err
 
 
+_SIGNAL_FIT_SCRIPT = textwrap.dedent("""
+    import sys
+    import recon4d.train.config as config_module
+    from recon4d.cli.main import main
+
+    base = config_module.preset
+    def long_test_preset(name):  # checkpoints only when asked to stop, and steps to spare
+        return config_module.apply_overrides(base(name), {"full.steps": 100000,
+                                                          "checkpoint_every": 1000000})
+    config_module.preset = long_test_preset
+    sys.exit(main(["fit", sys.argv[1], "--out", sys.argv[2], "--preset", "test"]
+                  + sys.argv[3:]))
+""")
+
+
+def _signal_mid_fit(dataset: Path, run: Path, signum: int, *extra: str):
+    """Start a fit, send ``signum`` once it has logged five more steps; return (exit code,
+    stderr)."""
+    import time as clock
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = run / "logs" / "metrics.jsonl"
+    before = len(log.read_text().splitlines()) if log.exists() else 0
+    proc = subprocess.Popen([sys.executable, "-c", _SIGNAL_FIT_SCRIPT, str(dataset), str(run),
+                             *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = clock.monotonic() + 240
+    while clock.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= before + 5:
+            break
+        clock.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_sigterm_and_ctrl_c_stop_a_fit_after_the_step_with_a_checkpoint(ball, tmp_path):
+    """SIGTERM (a batch timeout, a preempted machine) and Ctrl+C end the current step, save a
+    checkpoint at the step reached and name the --resume command; the resumed fit goes on from
+    that step."""
+    import signal as signals
+
+    run = tmp_path / "run"
+    code, err = _signal_mid_fit(ball, run, signals.SIGTERM)
+    last = err.strip().splitlines()[-1]
+    assert code == 143, err
+    match = re.fullmatch(r"recon4d: interrupted: stopped at step (\d+) of (\d+) with a checkpoint; "
+                         r"continue with: recon4d fit (\S+) --out (\S+) --resume", last)
+    assert match, last
+    step = int(match.group(1))
+    assert step >= 5 and latest_checkpoint(run / "checkpoints").name == f"step_{step:07d}.pt"
+    assert "Traceback" not in err
+    code, err = _signal_mid_fit(ball, run, signals.SIGINT, "--resume")
+    assert code == 130, err
+    resumed = int(re.search(r"stopped at step (\d+)", err).group(1))
+    assert resumed > step and latest_checkpoint(run / "checkpoints").name == \
+        f"step_{resumed:07d}.pt"
+
+
 def test_rendered_flow_reads_back_the_surfel_motion():
     from recon4d.render.types import Cameras, Surfels
     from recon4d.train.flow import render_flow

@@ -113,14 +113,17 @@ def run(config: Config) -> int:
     try:
         run_dir = fit(config.input, config.out, preset=config.preset, resume=config.resume,
                       on_step=viewer.on_step if viewer is not None else None, overrides=overrides)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM (Interrupted: after a checkpoint)
+        from recon4d.errors import Interrupted
         from recon4d.utils.checkpoint import latest_checkpoint
 
+        code = getattr(exc, "exit_code", 130)
         if latest_checkpoint(config.out / "checkpoints") is None:
-            raise KeyboardInterrupt("no checkpoint was written yet; run the same command again "
-                                    "to start over") from None
-        raise KeyboardInterrupt(f"continue with: recon4d fit {shlex.quote(str(config.input))} "
-                                f"--out {shlex.quote(str(config.out))} --resume") from None
+            raise Interrupted("no checkpoint was written yet; run the same command again to "
+                              "start over", code) from None
+        done = f"{exc}; " if str(exc) else ""
+        raise Interrupted(f"{done}continue with: recon4d fit {shlex.quote(str(config.input))} "
+                          f"--out {shlex.quote(str(config.out))} --resume", code) from None
     finally:
         if viewer is not None:
             viewer.close()

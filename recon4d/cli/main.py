@@ -128,10 +128,10 @@ def _main(argv: list[str] | None) -> int:
         if console.is_debug():
             traceback.print_exc()
         return _fail(describe_os_error(exc), code=1)
-    except KeyboardInterrupt as exc:  # Ctrl+C; a command may say how to continue (fit: --resume)
+    except KeyboardInterrupt as exc:  # Ctrl+C (or SIGTERM in a fit): it may say how to continue
         hint = str(exc)
         print(f"recon4d: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
-        return 130
+        return int(getattr(exc, "exit_code", 130))
     return int(result or 0)
 
 

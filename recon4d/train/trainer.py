@@ -27,7 +27,7 @@ from torch import Tensor
 
 from recon4d.data.dataset import Dataset
 from recon4d.data.depth import inner_masks
-from recon4d.errors import UserError
+from recon4d.errors import Interrupted, UserError
 from recon4d.losses import geometry, motion, photometric, priors
 from recon4d.losses.robust import FrameWeights
 from recon4d.losses.schedule import weights_at
@@ -42,6 +42,7 @@ from recon4d.render import render
 from recon4d.rundir import RunDir, to_jsonable
 from recon4d.train.config import FitConfig, StageConfig
 from recon4d.train.optim import Adam
+from recon4d.train.stop import StopRequests
 from recon4d.train.strategy import DensifyPrune, upsample
 from recon4d.utils import console
 from recon4d.utils.checkpoint import load_newest_readable, save_checkpoint
@@ -580,20 +581,11 @@ class Trainer:
         finally:
             torch.set_num_threads(previous_threads)
 
-    def _fit(self, resume: bool) -> DynamicSurfelModel:
+    def _run_steps(self, total: int, start: float, cpu_start: float, report_every: int,
+                   stop: StopRequests) -> None:
+        """Steps from ``self.step`` to ``total``: log, report, checkpoint; stop cleanly on a
+        signal (a checkpoint at the step reached, then :class:`Interrupted`)."""
         cfg = self.config
-        if not (resume and self.restore()):
-            self.initialise()
-        total = cfg.total_steps
-        if self.step >= total:
-            console.info(f"fit already complete at step {self.step}")
-            return self.model
-        console.info(f"fitting {len(self.train_frames)} frames "
-                     f"({self.dataset.width}x{self.dataset.height}) for {total} steps "
-                     f"from step {self.step} on {self.device}, backend {cfg.backend}")
-        start = time.monotonic()
-        cpu_start = time.process_time()
-        report_every = max(1, total // 10)
         for _ in console.track(range(self.step, total), total=total - self.step, description="fit"):
             record = self.train_step()
             self.step += 1
@@ -610,8 +602,31 @@ class Trainer:
                 held = self.evaluate(self.dataset.test_indices())
                 if held is not None:
                     self.run.log_metrics({"step": self.step, "heldout_psnr": held})
-            if self.step % cfg.checkpoint_every == 0 and self.step < total:
+            saved = self.step % cfg.checkpoint_every == 0 and self.step < total
+            if saved:
                 self.save()
+            if stop.signum is not None and self.step < total:
+                if not saved:
+                    self.save()
+                raise Interrupted(f"stopped at step {self.step} of {total} with a checkpoint",
+                                  exit_code=128 + stop.signum)
+
+    def _fit(self, resume: bool) -> DynamicSurfelModel:
+        cfg = self.config
+        if not (resume and self.restore()):
+            self.initialise()
+        total = cfg.total_steps
+        if self.step >= total:
+            console.info(f"fit already complete at step {self.step}")
+            return self.model
+        console.info(f"fitting {len(self.train_frames)} frames "
+                     f"({self.dataset.width}x{self.dataset.height}) for {total} steps "
+                     f"from step {self.step} on {self.device}, backend {cfg.backend}")
+        start = time.monotonic()
+        cpu_start = time.process_time()
+        report_every = max(1, total // 10)
+        with StopRequests() as stop:
+            self._run_steps(total, start, cpu_start, report_every, stop)
         self.save()
         elapsed = time.monotonic() - start
         # CPU seconds of this process: on a shared machine wall time measures the neighbours.
