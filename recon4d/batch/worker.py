@@ -242,6 +242,12 @@ def execute(out: Path, spec: JobSpec, job_ref: str, attempt: int) -> int:
             if not outputs:
                 raise ValueError(f"job {job_ref} reported no output files")
             metrics = dict(result.get("metrics") or {})
+        except KeyboardInterrupt as exc:  # SIGTERM (a timeout) or SIGINT: a fit saved its step
+            # The driver records why it stopped the attempt (timeout, crash to retry, the batch
+            # interrupted); the log gets one line instead of a traceback.
+            print(f"{spec.name}: stopped by a signal{': ' + str(exc) if str(exc) else ''}",
+                  flush=True)
+            return int(getattr(exc, "exit_code", 130))
         except UserError as exc:
             print(f"{spec.name}: input problem: {exc}", flush=True)
             write_state(out, spec.name, {**base, "status": "failed", "error_kind": "user",
