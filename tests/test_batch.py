@@ -76,7 +76,8 @@ def ingest_job(input_path: str, run_dir: str, overrides: dict) -> dict:
 
 
 def chaos_job(input_path: str, run_dir: str, overrides: dict) -> dict:
-    """The input file says what to do: 'ok', 'crash-once' (SIGKILL itself on the first try), 'hang'."""
+    """The input file says what to do: 'ok', 'crash-once' (SIGKILL itself on the first try),
+    'stopped-once' (what a fit raises after SIGTERM, on the first try), 'hang'."""
     from recon4d.rundir import RunDir
 
     run = RunDir(run_dir).create()
@@ -84,6 +85,11 @@ def chaos_job(input_path: str, run_dir: str, overrides: dict) -> dict:
     if order == "crash-once" and not (run.root / "crashed-once").exists():
         (run.root / "crashed-once").write_text("1")
         os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    if order == "stopped-once" and not (run.root / "stopped-once").exists():
+        from recon4d.errors import Interrupted
+
+        (run.root / "stopped-once").write_text("1")
+        raise Interrupted("stopped at step 3 of 9 with a checkpoint", exit_code=143)
     if order == "hang":
         time.sleep(600)
     run.update_metrics({"order": order})
@@ -279,9 +285,10 @@ def test_local_batch_reports_invalid_input_and_skips_finished_jobs(tmp_path, cli
 
 
 def test_crashed_worker_is_retried_and_hung_job_times_out(tmp_path):
-    for order in ("ok", "crash-once", "hang"):
+    for order in ("ok", "crash-once", "stopped-once", "hang"):
         (tmp_path / f"{order}.txt").write_text(order)
-    manifest = _write_csv(tmp_path / "m.csv", [{"input": f"{o}.txt"} for o in ("ok", "crash-once")])
+    manifest = _write_csv(tmp_path / "m.csv", [{"input": f"{o}.txt"}
+                                               for o in ("ok", "crash-once", "stopped-once")])
     out = tmp_path / "out"
     summary = run_batch(load_manifest(manifest, out), out, job=chaos_job, workers=2, retries=1)
     jobs = _jobs_by_name(summary)
@@ -290,6 +297,11 @@ def test_crashed_worker_is_retried_and_hung_job_times_out(tmp_path):
     assert crash["status"] == "done" and crash["attempts"] == 2
     log = (out / "logs" / "crash-once.log").read_text()
     assert "attempt 1" in log and "attempt 2" in log
+    stopped = jobs["stopped-once"]  # stopped by a signal, not by the batch: retried
+    assert stopped["status"] == "done" and stopped["attempts"] == 2
+    log = (out / "logs" / "stopped-once.log").read_text()
+    assert "stopped-once: stopped by a signal: stopped at step 3 of 9 with a checkpoint" in log
+    assert "Traceback" not in log
 
     # The timeout applies to every job of a batch, so the hanging job gets a batch of its own.
     manifest = _write_csv(tmp_path / "h.csv", [{"input": "hang.txt"}])
