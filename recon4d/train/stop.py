@@ -43,4 +43,4 @@ class StopRequests:
             raise KeyboardInterrupt
         self.signum = signum
         console.warn(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                     "(press Ctrl+C again to stop at once)")
+                     "(a second Ctrl+C or SIGTERM stops at once)")
