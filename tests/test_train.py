@@ -391,6 +391,14 @@ def test_a_damaged_dataset_is_one_line_naming_the_file(ball, tmp_path, capsys):
     assert main(["fit", str(broken), "--out", str(tmp_path / "run2"), "--preset", "test"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "manifest.json is not valid JSON: if" in err[0], err
+    # A run folder given where a dataset belongs: its dataset is named.
+    run = tmp_path / "a run"
+    shutil.copytree(ball, run / "dataset")
+    (run / "config.json").write_text("{}")
+    assert main(["fit", str(run), "--out", str(tmp_path / "run3"), "--preset", "test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"recon4d: error: '{run}' is a recon4d run, not frames: pass its dataset, "
+                   f"'{run / 'dataset'}'"], err
 
 
 _SIGNAL_FIT_SCRIPT = textwrap.dedent("""

@@ -336,6 +336,12 @@ def list_images(folder: Path) -> list[Path]:
 def read_folder(folder: Path, stride: int, max_frames: int | None, max_side: int,
                 min_side: int = MIN_READ_SIDE) -> RawClip:
     files = list_images(folder)
+    if not files and (folder / "config.json").is_file() and (folder / "dataset").is_dir():
+        from recon4d.data.dataset import is_dataset_dir
+
+        if is_dataset_dir(folder / "dataset"):
+            raise UserError(f"'{folder}' is a recon4d run, not frames: pass its dataset, "
+                            f"'{folder / 'dataset'}'")
     if not files:
         others = [p.name for p in folder.iterdir() if not p.name.startswith(".")][:3]
         hint = f" (found {', '.join(others)})" if others else " (it is empty)"
