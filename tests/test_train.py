@@ -322,7 +322,8 @@ def test_fit_cli_bad_numbers_and_backends_are_one_line_before_any_work(ball, tmp
 def test_fit_refuses_settings_that_cannot_work_from_python_too(ball, tmp_path):
     bad = {"seed": -1, "num_threads": -2, "device": "tpu", "resolution_scaling": float("nan"),
            "full.steps": -5, "coarse.resolution": 0.0, "full.losses.photo": float("inf"),
-           "coarse.losses.rigidity": [[0.0, 1.0], [1.0, -1.0]]}
+           "coarse.losses.rigidity": [[0.0, 1.0], [1.0, -1.0]], "model.blend": "slerp",
+           "model.num_surfels": 0, "model.init_profile": "cube"}
     for key, value in bad.items():
         with pytest.raises(UserError, match=re.escape(f"{key} must")):
             fit(ball, tmp_path / "run", preset="test", overrides={key: value})

@@ -245,6 +245,16 @@ def config_problem(config: FitConfig) -> str | None:
                                                    device.startswith("cuda:") and
                                                    device[5:].isdigit())):
         return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+    model = config.model
+    if model.blend not in ("dqs", "lbs"):
+        return f"model.blend must be dqs or lbs, got {model.blend!r}"
+    if model.init_profile not in ("auto", "round", "linear"):
+        return f"model.init_profile must be auto, round or linear, got {model.init_profile!r}"
+    for name, smallest in (("num_surfels", 1), ("num_bones", 0), ("time_freqs", 0),
+                           ("mlp_hidden", 1), ("refine_freqs", 0), ("init_grid", 8)):
+        value = getattr(model, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+            return f"model.{name} must be a whole number {smallest} or more, got {value!r}"
     for name in ("resolution_scaling", "frames_scaling", "scaling_budget"):
         if bad_number(getattr(config, name), 1.0):
             return f"{name} must be a number 1 or more, got {getattr(config, name)!r}"
