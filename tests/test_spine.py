@@ -337,3 +337,27 @@ def test_numbers_that_cannot_work_are_one_line(tmp_path, capsys, command, expect
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def test_sigterm_unwinds_a_command_and_its_atomic_output(tmp_path, capsys, monkeypatch):
+    """SIGTERM (``kill``) mid-command: one line, exit 143, and the half-written output's
+    temporary removed by the unwinding (it used to stay beside --out)."""
+    import os
+    import signal
+
+    import recon4d.cli.scenes as scenes_cli
+
+    def killed_mid_write(config):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "half.txt").write_text("half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            (tmp / "rest.txt").write_text("never written")
+        return 0
+
+    monkeypatch.setattr(scenes_cli, "run", killed_mid_write)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["scenes", "list"]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "recon4d: interrupted: terminated (SIGTERM)"]
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command

@@ -116,6 +116,7 @@ def _main(argv: list[str] | None) -> int:
 
     from recon4d.errors import UserError
 
+    previous_sigterm = _sigterm_interrupts()
     try:
         result = module.run(config)
     except UserError as exc:
@@ -132,7 +133,26 @@ def _main(argv: list[str] | None) -> int:
         hint = str(exc)
         print(f"recon4d: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 130))
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return int(result or 0)
+
+
+def _raise_terminated(signum, frame) -> None:
+    from recon4d.errors import Interrupted
+
+    raise Interrupted("terminated (SIGTERM)", exit_code=128 + signum)
+
+
+def _sigterm_interrupts():
+    """Make SIGTERM unwind like Ctrl+C while a command runs, so its ``finally`` blocks remove
+    half-written temporaries (atomic outputs) instead of the process vanishing; returns the
+    previous handler (None outside the main thread, where handlers cannot be set)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
 
 
 def entry() -> None:  # pragma: no cover - console-script shim
