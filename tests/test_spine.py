@@ -302,6 +302,12 @@ def test_a_closed_output_pipe_stops_quietly(command):
     assert err == ""
 
 
+def _with_paths(command: list[str], tmp_path) -> list[str]:
+    """``command`` with RUN and OUT replaced by a run folder and a demo folder under tmp_path."""
+    places = {"RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "demo")}
+    return [places.get(word, word) for word in command]
+
+
 @pytest.mark.parametrize("command", [
     ["render", "RUN", "--backend", "gsplat"],
     ["export", "RUN", "--backend", "gsplat"],
@@ -312,9 +318,7 @@ def test_a_closed_output_pipe_stops_quietly(command):
 def test_a_backend_that_cannot_run_is_refused_before_any_work(tmp_path, capsys, command):
     """render, export, eval (and the demo's export and evaluation) render on the CPU, where gsplat
     has no path: one line naming why, before a run is read or anything is written."""
-    args = [str(tmp_path / "run") if a == "RUN" else str(tmp_path / "demo") if a == "OUT" else a
-            for a in command]
-    assert main(args) == 2
+    assert main(_with_paths(command, tmp_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     backend = command[-1]
     assert len(err) == 1 and f"--backend {backend} cannot run here" in err[0], err
@@ -332,9 +336,7 @@ def test_a_backend_that_cannot_run_is_refused_before_any_work(tmp_path, capsys, 
     (["scenes", "make", "default", "--out", "OUT", "--seed", "-1"], "--seed must be 0 or more"),
 ])
 def test_numbers_that_cannot_work_are_one_line(tmp_path, capsys, command, expected):
-    args = [str(tmp_path / "run") if a == "RUN" else str(tmp_path / "demo") if a == "OUT" else a
-            for a in command]
-    assert main(args) == 2
+    assert main(_with_paths(command, tmp_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
 

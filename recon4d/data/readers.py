@@ -333,15 +333,29 @@ def list_images(folder: Path) -> list[Path]:
     return natsorted(files, key=lambda p: p.name)
 
 
+def _refuse_recon4d_folders(folder: Path, has_images: bool) -> None:
+    """A UserError when ``folder``, about to be read as frames, is a damaged dataset (its
+    manifest.json no longer parses) or a run folder (its dataset is what to pass)."""
+    from recon4d.data.dataset import is_dataset_dir
+    from recon4d.utils.atomic import read_json
+
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        try:
+            read_json(manifest)
+        except ValueError as exc:
+            raise UserError(f"{manifest} is not valid JSON: if '{folder}' is a recon4d dataset "
+                            "it is damaged (ingest the input again); if it is a folder of "
+                            "frames, move that file out of it") from exc
+    if not has_images and (folder / "config.json").is_file() and is_dataset_dir(folder / "dataset"):
+        raise UserError(f"'{folder}' is a recon4d run, not frames: pass its dataset, "
+                        f"'{folder / 'dataset'}'")
+
+
 def read_folder(folder: Path, stride: int, max_frames: int | None, max_side: int,
                 min_side: int = MIN_READ_SIDE) -> RawClip:
     files = list_images(folder)
-    if not files and (folder / "config.json").is_file() and (folder / "dataset").is_dir():
-        from recon4d.data.dataset import is_dataset_dir
-
-        if is_dataset_dir(folder / "dataset"):
-            raise UserError(f"'{folder}' is a recon4d run, not frames: pass its dataset, "
-                            f"'{folder / 'dataset'}'")
+    _refuse_recon4d_folders(folder, has_images=bool(files))
     if not files:
         others = [p.name for p in folder.iterdir() if not p.name.startswith(".")][:3]
         hint = f" (found {', '.join(others)})" if others else " (it is empty)"

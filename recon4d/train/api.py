@@ -12,19 +12,11 @@ from recon4d.errors import UserError
 def _prepare_dataset(input_or_dataset: str | Path, run_dataset: Path, ingest_options=None) -> None:
     """Copy a dataset dir into the run, or ingest a raw input straight into it."""
     from recon4d.data.dataset import is_dataset_dir
-    from recon4d.utils.atomic import atomic_directory, read_json
+    from recon4d.utils.atomic import atomic_directory
 
     source = Path(input_or_dataset)
     if not source.exists():
         raise UserError(f"input '{source}' does not exist: check the path")
-    manifest = source / "manifest.json"
-    if source.is_dir() and manifest.is_file() and not is_dataset_dir(source):
-        try:
-            read_json(manifest)
-        except ValueError as exc:  # a dataset whose manifest was damaged, not a frame folder
-            raise UserError(f"{manifest} is not valid JSON: if '{source}' is a recon4d dataset it "
-                            "is damaged (ingest the input again); if it is a folder of frames, "
-                            "move that file out of it") from exc
     if is_dataset_dir(source):
         if source.resolve() == run_dataset.resolve():
             return

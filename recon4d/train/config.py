@@ -11,6 +11,7 @@ Presets: ``cpu-fast`` (default without a GPU), ``gpu-quality`` (default with one
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -229,16 +230,16 @@ def config_problem(config: FitConfig) -> str | None:
     Checked before a fit starts (CLI options and Python overrides alike), so a bad value stops
     the run at once instead of as a traceback minutes in or as NaN losses.
     """
-    import math
-
     def bad_number(value, smallest: float) -> bool:
         return (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not math.isfinite(value) or value < smallest)
 
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+    def bad_whole(value, smallest: int) -> bool:
+        return isinstance(value, bool) or not isinstance(value, int) or value < smallest
+
+    if bad_whole(config.seed, 0):
         return f"seed must be a whole number 0 or more, got {config.seed!r}"
-    if isinstance(config.num_threads, bool) or not isinstance(config.num_threads, int) \
-            or config.num_threads < 0:
+    if bad_whole(config.num_threads, 0):
         return f"num_threads must be 1 or more (0: torch's default), got {config.num_threads!r}"
     device = config.device
     if not (device in ("auto", "cpu", "cuda") or (isinstance(device, str) and
@@ -253,14 +254,14 @@ def config_problem(config: FitConfig) -> str | None:
     for name, smallest in (("num_surfels", 1), ("num_bones", 0), ("time_freqs", 0),
                            ("mlp_hidden", 1), ("refine_freqs", 0), ("init_grid", 8)):
         value = getattr(model, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+        if bad_whole(value, smallest):
             return f"model.{name} must be a whole number {smallest} or more, got {value!r}"
     for name in ("resolution_scaling", "frames_scaling", "scaling_budget"):
         if bad_number(getattr(config, name), 1.0):
             return f"{name} must be a number 1 or more, got {getattr(config, name)!r}"
     for stage_name in ("coarse", "full"):
         stage: StageConfig = getattr(config, stage_name)
-        if isinstance(stage.steps, bool) or not isinstance(stage.steps, int) or stage.steps < 0:
+        if bad_whole(stage.steps, 0):
             return f"{stage_name}.steps must be a whole number 0 or more, got {stage.steps!r}"
         if bad_number(stage.resolution, 1e-6) or stage.resolution > 1:
             return f"{stage_name}.resolution must be in (0, 1], got {stage.resolution!r}"

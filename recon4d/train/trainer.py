@@ -581,11 +581,11 @@ class Trainer:
         finally:
             torch.set_num_threads(previous_threads)
 
-    def _run_steps(self, total: int, start: float, cpu_start: float, report_every: int,
-                   stop: StopRequests) -> None:
+    def _run_steps(self, total: int, start: float, cpu_start: float, stop: StopRequests) -> None:
         """Steps from ``self.step`` to ``total``: log, report, checkpoint; stop cleanly on a
         signal (a checkpoint at the step reached, then :class:`Interrupted`)."""
         cfg = self.config
+        report_every = max(1, total // 10)
         for _ in console.track(range(self.step, total), total=total - self.step, description="fit"):
             record = self.train_step()
             self.step += 1
@@ -624,9 +624,8 @@ class Trainer:
                      f"from step {self.step} on {self.device}, backend {cfg.backend}")
         start = time.monotonic()
         cpu_start = time.process_time()
-        report_every = max(1, total // 10)
         with StopRequests() as stop:
-            self._run_steps(total, start, cpu_start, report_every, stop)
+            self._run_steps(total, start, cpu_start, stop)
         self.save()
         elapsed = time.monotonic() - start
         # CPU seconds of this process: on a shared machine wall time measures the neighbours.

@@ -37,13 +37,16 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: 
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     atomic_write_json(folder / "latest.json", {"step": int(step), "file": path.name})
-    steps = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _STEP_NAME.match(p.name)))
-    for old in steps[:-keep] if keep > 0 else []:
+    steps = []
+    for entry in folder.iterdir():
+        if (m := _STEP_NAME.match(entry.name)):
+            steps.append(int(m.group(1)))
+        elif entry.name.startswith(".tmp-step_"):
+            # A write killed before its rename (SIGKILL, SIGTERM, power) leaves its temporary,
+            # a checkpoint's size; one fit writes a run's checkpoints, so it is stale.
+            entry.unlink(missing_ok=True)
+    for old in sorted(steps)[:-keep] if keep > 0 else []:
         (folder / checkpoint_name(old)).unlink(missing_ok=True)
-    # A write killed before its rename (SIGKILL, SIGTERM, power) leaves its temporary behind,
-    # a checkpoint's size each time; one fit writes a run's checkpoints, so they are stale.
-    for stale in folder.glob(".tmp-step_*"):
-        stale.unlink(missing_ok=True)
     return path
 
 
