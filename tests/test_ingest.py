@@ -58,9 +58,11 @@ def write_pngs(folder: Path, images, prefix: str = "frame", mode: str | None = N
 
 
 def write_mp4(path: Path, images, fps: int = 10, pts=None, crf: int = 18,
-              codec: str = "libx264", rotation: int = 0) -> Path:
+              codec: str = "libx264", rotation: int = 0, hflip: bool = False,
+              vflip: bool = False) -> Path:
     """Encode uint8 RGB frames with PyAV (any container its suffix names); ``rotation``
-    (degrees, counter-clockwise) goes into the display matrix, as phones store portrait video."""
+    (degrees, counter-clockwise) and the flips go into the display matrix, as phones store
+    portrait and mirrored video."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -68,8 +70,8 @@ def write_mp4(path: Path, images, fps: int = 10, pts=None, crf: int = 18,
         stream.height, stream.width = images[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
-        if rotation:
-            stream.set_display_rotation(rotation)
+        if rotation or hflip or vflip:
+            stream.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
         if pts is not None:
             stream.codec_context.time_base = Fraction(1, fps)
         for i, image in enumerate(images):
@@ -255,24 +257,75 @@ def test_given_mask_folder_and_mask_video(tmp_path):
     assert min(iou(m >= 0.5, t) for m, t in zip(dataset.masks, truth)) >= 0.97
 
 
-@pytest.mark.parametrize("rotation", [90, -90, 180])
-def test_video_display_rotation_turns_frames_and_mask_videos_upright(tmp_path, rotation):
-    """A phone's portrait video: landscape frames plus a display-matrix rotation, which decoding
-    ignores. Frames and a mask video with the same rotation come out upright and aligned."""
+# (degrees, hflip, vflip) written by PyAV -> (counter-clockwise quarter turns, then rows reversed)
+# that show the frame as ffmpeg 9's autorotate does: read off `ffmpeg -i clip.mp4 frame.png`
+# (imageio-ffmpeg's binary) for each case when this table was made. PyAV's own `frame.rotation`
+# gives -180 for a plain left-right mirror, which a rotation alone would turn upside down.
+DISPLAY_CASES = {
+    (90, False, False): (1, False),   # portrait phone video
+    (-90, False, False): (3, False),
+    (180, False, False): (2, False),
+    (0, True, False): (2, True),      # front camera, mirrored left to right
+    (0, False, True): (0, True),
+    (90, True, False): (3, True),
+    (90, False, True): (1, True),
+}
+
+
+@pytest.mark.parametrize("rotation, hflip, vflip", list(DISPLAY_CASES))
+def test_video_display_matrix_shows_frames_and_mask_videos_as_players_do(
+        tmp_path, rotation, hflip, vflip):
+    """A phone's portrait or mirrored video: plain frames plus a display matrix, which decoding
+    ignores. Frames and a mask video with the same matrix come out as shown and aligned."""
+    from recon4d.data.display_matrix import DisplayOrientation
+
+    turns, flip = DISPLAY_CASES[(rotation, hflip, vflip)]
+
+    def shown(array):  # (N, H, W[, C]) stored -> as displayed
+        array = np.rot90(array, turns, axes=(1, 2))
+        return array[:, ::-1] if flip else array
+
     frames, truth = blob_clip(frames=6)
-    turns = rotation // 90
-    video = write_mp4(tmp_path / "turned.mp4", frames, rotation=rotation)
+    video = write_mp4(tmp_path / "turned.mp4", frames, rotation=rotation, hflip=hflip,
+                      vflip=vflip)
     clip = read_input(video)
-    upright = np.rot90(frames, turns, axes=(1, 2))
-    assert clip.source["display_rotation_deg"] == 90 * (turns % 4)
-    assert np.abs(clip.frames.astype(float) - upright).mean() < 3.0
-    assert np.abs(clip.frames.astype(float) - frames).mean() > 10.0  # the turn matters
+    assert clip.source["display_rotation_deg"] == 90 * turns
+    assert clip.source["display_flip_vertical"] is flip
+    assert clip.source["display"] == DisplayOrientation(turns, flip).describe() != "as stored"
+    error_as_shown = np.abs(clip.frames.astype(float) - shown(frames)).mean()
+    error_as_stored = np.abs(clip.frames.astype(float) - frames).mean()
+    assert error_as_shown < 3.0
+    assert error_as_stored > error_as_shown + 4.0  # the matrix matters
     mask_video = write_mp4(tmp_path / "masks.mp4", np.repeat(
-        (truth * 255).astype(np.uint8)[..., None], 3, axis=-1), rotation=rotation)
+        (truth * 255).astype(np.uint8)[..., None], 3, axis=-1), rotation=rotation,
+        hflip=hflip, vflip=vflip)
     dataset = load_dataset(ingest(video, tmp_path / "ds", IngestOptions(
         masks=mask_video, crop="off", **SMALL)))
-    upright_truth = np.rot90(truth, turns, axes=(1, 2))
-    assert min(iou(m >= 0.5, t) for m, t in zip(dataset.masks, upright_truth)) >= 0.97
+    assert min(iou(m >= 0.5, t) for m, t in zip(dataset.masks, shown(truth))) >= 0.97
+
+
+def test_display_matrix_values_give_the_orientation_and_its_array_operations():
+    """The (a, b, c, d) entries PyAV wrote for each case above (read off the clips' side data
+    when the table was made), in 16.16 fixed point, give the same orientations; `apply` moves
+    pixels that way, and a degenerate matrix shows the frame as stored."""
+    from recon4d.data.display_matrix import DisplayOrientation, orientation_from_matrix
+
+    written = {(90, False, False): (0, -1, 1, 0), (-90, False, False): (0, 1, -1, 0),
+               (180, False, False): (-1, 0, 0, -1), (0, True, False): (-1, 0, 0, 1),
+               (0, False, True): (1, 0, 0, -1), (90, True, False): (0, -1, -1, 0),
+               (90, False, True): (0, 1, 1, 0)}
+    image = np.arange(12).reshape(3, 4)
+    for case, (a, b, c, d) in written.items():
+        turns, flip = DISPLAY_CASES[case]
+        one = 1 << 16
+        orientation = orientation_from_matrix([a * one, b * one, 0, c * one, d * one, 0, 0, 0,
+                                               1 << 30])
+        assert (orientation.turns, orientation.flip_vertical) == (turns, flip), case
+        expected = np.rot90(image, turns)
+        assert np.array_equal(orientation.apply(image), expected[::-1] if flip else expected)
+    assert orientation_from_matrix([0] * 9).is_identity
+    assert DisplayOrientation(2, True).describe() == "mirrored left to right"
+    assert DisplayOrientation(1, False).describe() == "turned 90 degrees"
 
 
 def test_grabcut_tightens_loose_given_masks(tmp_path):

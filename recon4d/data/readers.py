@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from recon4d.data.dataset import CameraSet
+from recon4d.data.display_matrix import DisplayOrientation, frame_orientation
 from recon4d.errors import UserError
 from recon4d.utils import console
 
@@ -411,18 +412,10 @@ def iterate_video(path: Path) -> Iterable[tuple[object, float | None]]:
         container.close()
 
 
-def display_turns(frame) -> int:
-    """Quarter turns (counter-clockwise) that show a decoded video frame upright: phones store
-    portrait video as landscape frames plus a display-matrix rotation, which decoding ignores."""
-    degrees = getattr(frame, "rotation", 0) or 0
-    return int(round(degrees / 90.0)) % 4
-
-
 def upright_array(frame, pixel_format: str) -> np.ndarray:
-    """``frame.to_ndarray(format=pixel_format)`` turned by its display rotation, (H, W[, C])."""
-    array = frame.to_ndarray(format=pixel_format)
-    turns = display_turns(frame)
-    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+    """``frame.to_ndarray(format=pixel_format)`` as its player shows it (display matrix applied:
+    phones store portrait or mirrored video as plain frames plus that matrix), (H, W[, C])."""
+    return frame_orientation(frame).apply(frame.to_ndarray(format=pixel_format))
 
 
 def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
@@ -445,7 +438,7 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     expected = len(wanted) if wanted is not None else -(-declared // stride) if declared else None
     collector = FrameCollector(f"video '{path}'", max_side, expected, min_side)
     total = 0
-    turns: int | None = None  # the display rotation, read from the first kept frame
+    orientation: DisplayOrientation | None = None  # read from the first kept frame
     for index, (frame, time) in enumerate(console.track(iterate_video(path), total=declared or None,
                                                         description="decoding video")):
         total = index + 1
@@ -457,11 +450,11 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
             rgb, alpha = np.ascontiguousarray(rgba[..., :3]), _opaque_to_none(rgba[..., 3])
         else:
             rgb, alpha = upright_array(frame, "rgb24"), None
-        if turns is None:
-            turns = display_turns(frame)
-            if turns:
-                console.info(f"video '{path.name}' is stored turned ({90 * turns} degrees in its "
-                             "display matrix): frames are turned upright")
+        if orientation is None:
+            orientation = frame_orientation(frame)
+            if not orientation.is_identity:
+                console.info(f"video '{path.name}' is shown {orientation.describe()} (its display "
+                             "matrix): frames are read as shown")
         collector.add(rgb, alpha, f"frame {index} of '{path.name}'")
         kept.append(index)
         times.append(time)
@@ -480,7 +473,9 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     source = {"path": str(path.resolve()), "type": "video", "sha256": sha256_file(path),
               "fps": fps, "num_source_frames": total, "codec": codec, "pix_fmt": pix_fmt,
               "original_size": list(collector.original_size),  # upright, as displayed
-              "display_rotation_deg": 90 * (turns or 0)}
+              "display": orientation.describe() if orientation else "as stored",
+              "display_rotation_deg": orientation.rotation_deg if orientation else 0,
+              "display_flip_vertical": bool(orientation and orientation.flip_vertical)}
     return RawClip(frames, alpha, stamps, kept, total, source, scale=collector.scale)
 
 
