@@ -357,6 +357,28 @@ def test_mask_jump_is_reported(tmp_path, capsys):
     assert manifest["extras"]["mask_jumps"] == [3]
 
 
+def test_object_running_off_the_frame_edge_is_reported(tmp_path, capsys):
+    """A subject leaving the picture (feet, a perch) gets one warning naming the side and how
+    many frames; a subject inside the frame gets none."""
+    frames, truth = blob_clip(frames=6, step=9.0)   # moves right, out through the right edge
+    cut = [i for i in range(6) if truth[i, :, -2:].sum() > 0.01 * truth.shape[1]]
+    assert 0 < len(cut) < 6 and not truth[:, :, :2].any()  # the clip is as the test needs
+    folder = write_pngs(tmp_path / "frames", frames)
+    assert main(["ingest", str(folder), "--out", str(tmp_path / "ds"), "--resolution", "64",
+                 "--no-flow"]) == 0
+    expected = f"runs off the frame's edge: right ({len(cut)} of 6 frames);"
+    assert expected in capsys.readouterr().err
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert any(expected in w for w in manifest["extras"]["warnings"])
+    assert manifest["extras"]["edge_cuts"] == {"right": cut}
+
+    inside, _ = blob_clip(frames=6)
+    assert main(["ingest", str(write_pngs(tmp_path / "inside", inside)), "--out",
+                 str(tmp_path / "ds2"), "--resolution", "64", "--no-flow"]) == 0
+    assert "frame's edge" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "ds2" / "manifest.json").read_text())["extras"]["edge_cuts"] == {}
+
+
 def test_dis_flow_recovers_a_known_translation(tmp_path):
     frames, truth = blob_clip(frames=4, size=96, step=3.0, shift_y=1.0, noise=0.0)
     folder = write_pngs(tmp_path / "frames", frames)

@@ -148,7 +148,8 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
     """
     from recon4d import __version__
     from recon4d.data.contact_sheet import contact_sheet
-    from recon4d.data.masks import check_sequence, find_jumps, grabcut_refine, mask_areas
+    from recon4d.data.masks import (check_sequence, edge_cut_warning, find_jumps, frame_edge_cuts,
+                                    grabcut_refine, mask_areas)
     from recon4d.data.normalize import box_affine, crop_box, crop_resize, full_box, union_box
     from recon4d.rundir import to_jsonable
     from recon4d.utils.atomic import atomic_write_bytes
@@ -163,6 +164,7 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
                       min_side=max(MIN_READ_SIDE, 4 * options.resolution))
     frames, masks, masks_from, mask_notes = resolve_masks(clip, options)
     check_sequence(masks, masks_from)
+    edge_cuts = frame_edge_cuts(masks)
 
     crop = options.crop == "on" or (options.crop == "auto" and kind != "transforms")
     height, width = frames.shape[1:3]
@@ -196,6 +198,10 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
     if clip.scale != 1.0:
         warnings.append(f"input downscaled by {clip.scale:.3f} on reading (--max-input-side, or "
                         "a clip too long for memory at full size)")
+    cut_message = edge_cut_warning(edge_cuts, len(masks))
+    if cut_message:
+        console.warn(cut_message)
+        warnings.append(cut_message)
     if out_depth is not None:
         check_coverage(out_depth, out_masks)
     areas = mask_areas(out_masks)
@@ -240,6 +246,7 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
         "time_from": time_from,
         "mask_area": [round(float(a), 6) for a in areas],
         "mask_jumps": jumps,
+        "edge_cuts": edge_cuts,   # {side: input frames in which the object runs off that edge}
         "masks": {k: v for k, v in mask_notes.items() if k != "background"},
         "warnings": warnings,
         "contact_sheet": "contact_sheet.png",

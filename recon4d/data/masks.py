@@ -240,6 +240,36 @@ def check_sequence(masks: np.ndarray, masks_from: str) -> np.ndarray:
     return areas
 
 
+def frame_edge_cuts(masks: np.ndarray, strip: int = 2, min_share: float = 0.01) -> dict[str, list[int]]:
+    """Frames in which the object runs off each edge of the frame, {side: [frame indices]}.
+
+    A side counts when mask pixels (>= 128) in its outer ``strip`` rows or columns span more than
+    ``min_share`` of its length: a subject whose feet, tail or perch leave the picture, whose
+    cut-off part no reconstruction can recover. ``masks``: (F, H, W) uint8 at the input's size,
+    before any crop (a crop's padding is not the frame's edge)."""
+    solid = masks >= 128
+    height, width = solid.shape[1:3]
+    strips = {"top": solid[:, :strip, :].any(axis=1), "bottom": solid[:, -strip:, :].any(axis=1),
+              "left": solid[:, :, :strip].any(axis=2), "right": solid[:, :, -strip:].any(axis=2)}
+    cuts = {}
+    for side, covered in strips.items():
+        share = covered.sum(axis=1) / (width if side in ("top", "bottom") else height)
+        frames = [int(i) for i in np.flatnonzero(share > min_share)]
+        if frames:
+            cuts[side] = frames
+    return cuts
+
+
+def edge_cut_warning(cuts: dict[str, list[int]], frame_count: int) -> str | None:
+    """One warning line for :func:`frame_edge_cuts`' result (None when nothing is cut)."""
+    if not cuts:
+        return None
+    sides = ", ".join(f"{side} ({len(frames)} of {frame_count} frames)" for side, frames in cuts.items())
+    return (f"the object runs off the frame's edge: {sides}; what lies outside the frame cannot "
+            "be reconstructed and the model ends there (use a clip framed with some margin if "
+            "the whole object matters)")
+
+
 def _list(indices: list[int], limit: int = 12) -> str:
     text = ", ".join(str(i) for i in indices[:limit])
     return text + (f" ... ({len(indices)} in all)" if len(indices) > limit else "")
