@@ -283,6 +283,19 @@ def test_fit_cli_runs_on_a_dataset(ball, tmp_path):
     assert main(["fit", str(ball), "--out", str(tmp_path / "neg"), "--symmetry", "-1", "--quiet"]) == 2
 
 
+def test_gpu_quality_on_the_cpu_is_warned_before_the_work(ball, tmp_path, capsys):
+    """Hours instead of minutes deserve a word at the start, not only in the progress line."""
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for machines without a CUDA GPU")
+    small = {"coarse.steps": 1, "full.steps": 1, "model.num_surfels": 200, "coarse_surfels": 50,
+             "strategy.max_surfels": 300, "resolution_scaling": 1, "frames_scaling": 1,
+             "num_threads": 1}
+    fit(ball, tmp_path / "gq", preset="gpu-quality", overrides=small)
+    assert "gpu-quality preset is running on the CPU" in capsys.readouterr().err
+    fit(ball, tmp_path / "fast", preset="cpu-fast", overrides=small)
+    assert "gpu-quality" not in capsys.readouterr().err
+
+
 def test_fit_cli_detail_sets_the_resolution_scaling(monkeypatch, tmp_path, capsys):
     import recon4d.train.api as train_api
 

@@ -82,7 +82,15 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     from recon4d.render import require_backend
     from recon4d.train.trainer import resolve_device
 
-    require_backend(config.backend, resolve_device(config.device))
+    device = resolve_device(config.device)
+    require_backend(config.backend, device)
+    if config.preset == "gpu-quality" and device.type == "cpu" and not resume:
+        from recon4d.utils import console
+
+        # Said before the ingest: the preset's 5500+ steps of up to 150k surfels take hours on a
+        # laptop CPU (the progress line's estimate would say so only after the first steps).
+        console.warn("the gpu-quality preset is running on the CPU: expect hours, not minutes "
+                     "(--preset cpu-fast is the CPU preset; gpu-quality is meant for a CUDA GPU)")
     from recon4d.utils.checkpoint import latest_checkpoint
 
     if not resume and latest_checkpoint(run.checkpoints) is not None:
