@@ -70,11 +70,10 @@ def orientation_from_matrix(matrix) -> DisplayOrientation:
         return DisplayOrientation()  # degenerate matrix: show the frame as stored, as players do
     angle = math.degrees(math.atan2(b / math.hypot(b, d), a / math.hypot(a, c)))
     quarter = int(round(angle / 90.0)) % 4
-    # The matrix maps stored to displayed points with y pointing down the screen, so a pure
-    # rotation by `angle` in its terms is a turn by -angle as seen (ffmpeg's "clock" for 90).
-    # A mirror (negative determinant) whose first column is turned by `angle` is that many
-    # counter-clockwise quarter turns and then a vertical flip. Both checked against ffmpeg 9's
-    # autorotate on all eight orientations (tests/test_ingest.py holds the expected cases).
+    # A pure rotation whose first column is turned by `angle` is shown turned by -angle
+    # counter-clockwise (ffmpeg applies its "clock" transpose for 90). A mirror (negative
+    # determinant) is shown turned by +angle and then flipped top to bottom. Both were read off
+    # ffmpeg 9's autorotate on all eight orientations (tests/test_ingest.py holds the cases).
     if (a * d - b * c) >= 0:
         return DisplayOrientation(turns=(-quarter) % 4)
     return DisplayOrientation(turns=quarter, flip_vertical=True)
