@@ -319,6 +319,8 @@ def test_fit_cli_detail_sets_the_resolution_scaling(monkeypatch, tmp_path, capsy
     ("--symmetry", "nan", "--symmetry must be 0 or more"),
     ("--symmetry", "inf", "--symmetry must be 0 or more"),
     ("--detail", "inf", "--detail must be 1 or more"),
+    ("--time-budget", "0", "--time-budget must be a positive number of minutes"),
+    ("--time-budget", "nan", "--time-budget must be a positive number of minutes"),
     ("--backend", "gsplat", "--backend gsplat cannot run here (it renders on CUDA only"),
 ])
 def test_fit_cli_bad_numbers_and_backends_are_one_line_before_any_work(ball, tmp_path, capsys,
@@ -336,7 +338,7 @@ def test_fit_refuses_settings_that_cannot_work_from_python_too(ball, tmp_path):
     bad = {"seed": -1, "num_threads": -2, "device": "tpu", "resolution_scaling": float("nan"),
            "full.steps": -5, "coarse.resolution": 0.0, "full.losses.photo": float("inf"),
            "coarse.losses.rigidity": [[0.0, 1.0], [1.0, -1.0]], "model.blend": "slerp",
-           "model.num_surfels": 0, "model.init_profile": "cube"}
+           "model.num_surfels": 0, "model.init_profile": "cube", "time_budget_s": -1.0}
     for key, value in bad.items():
         with pytest.raises(UserError, match=re.escape(f"{key} must")):
             fit(ball, tmp_path / "run", preset="test", overrides={key: value})

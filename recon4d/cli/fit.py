@@ -51,6 +51,9 @@ class Config:
     (default 2; 3: sharper fits of rigid subjects at 256x256 for about twice the time)."""
     threads: Optional[int] = None
     """CPU threads (default: torch's; 1 can be faster on a busy machine)."""
+    time_budget: Optional[float] = None
+    """Minutes the fit may take: after timing a few steps the full stage is shortened, once,
+    to the steps predicted to fit (never lengthened; default: no limit)."""
     viewer: bool = False
     """Show the fit live in the viewer while it runs (when the viewer is installed)."""
 
@@ -101,6 +104,11 @@ def run(config: Config) -> int:
             raise UserError(f"--detail must be 1 or more (1: no growth with the frame size), "
                             f"got {config.detail}")
         overrides["resolution_scaling"] = config.detail
+    if config.time_budget is not None:
+        if not (math.isfinite(config.time_budget) and config.time_budget > 0):
+            raise UserError(f"--time-budget must be a positive number of minutes, got "
+                            f"{config.time_budget}")
+        overrides["time_budget_s"] = 60.0 * config.time_budget
     if config.symmetry is not None:
         if not (math.isfinite(config.symmetry) and config.symmetry >= 0):
             raise UserError(f"--symmetry must be 0 or more, got {config.symmetry}")

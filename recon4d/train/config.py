@@ -210,6 +210,11 @@ class FitConfig:
     oversubscribed machine, where spinning thread pools fight each other."""
     max_bad_steps: int = 20
     """Consecutive non-finite steps after which the fit stops with an error."""
+    time_budget_s: float = 0.0
+    """Wall-clock seconds the fit may take from its start (0: no limit; ``recon4d fit
+    --time-budget MINUTES``). After a few timed full-stage steps the full stage is shortened
+    once, never lengthened, to the steps predicted to fit (recon4d/train/budget.py);
+    config.json then records the shortened stage."""
 
     @property
     def total_steps(self) -> int:
@@ -256,6 +261,8 @@ def config_problem(config: FitConfig) -> str | None:
         value = getattr(model, name)
         if bad_whole(value, smallest):
             return f"model.{name} must be a whole number {smallest} or more, got {value!r}"
+    if bad_number(config.time_budget_s, 0.0):
+        return f"time_budget_s must be a number of seconds 0 or more, got {config.time_budget_s!r}"
     for name in ("resolution_scaling", "frames_scaling", "scaling_budget"):
         if bad_number(getattr(config, name), 1.0):
             return f"{name} must be a number 1 or more, got {getattr(config, name)!r}"

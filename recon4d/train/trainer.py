@@ -15,6 +15,7 @@ killed at any point resumes to (nearly) the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict
@@ -40,6 +41,7 @@ from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_l
 from recon4d.model.warp import GaussianBoneSkinning
 from recon4d.render import render
 from recon4d.rundir import RunDir, to_jsonable
+from recon4d.train.budget import PROBE_SKIP, PROBE_STEPS, Growth, plan_full_steps
 from recon4d.train.config import FitConfig, StageConfig
 from recon4d.train.optim import Adam
 from recon4d.train.stop import StopRequests
@@ -581,12 +583,15 @@ class Trainer:
         finally:
             torch.set_num_threads(previous_threads)
 
-    def _run_steps(self, total: int, start: float, cpu_start: float, stop: StopRequests) -> None:
-        """Steps from ``self.step`` to ``total``: log, report, checkpoint; stop cleanly on a
-        signal (a checkpoint at the step reached, then :class:`Interrupted`)."""
+    def _run_steps(self, until: int, start: float, cpu_start: float, stop: StopRequests,
+                   of_total: int | None = None) -> None:
+        """Steps from ``self.step`` to ``until`` of a fit of ``of_total`` steps (default
+        ``until``): log, report, checkpoint; stop cleanly on a signal (a checkpoint at the step
+        reached, then :class:`Interrupted`)."""
         cfg = self.config
+        total = until if of_total is None else of_total
         report_every = max(1, total // 10)
-        for _ in console.track(range(self.step, total), total=total - self.step, description="fit"):
+        for _ in console.track(range(self.step, until), total=until - self.step, description="fit"):
             record = self.train_step()
             self.step += 1
             record["time_s"] = round(time.monotonic() - start, 3)
@@ -611,6 +616,33 @@ class Trainer:
                 raise Interrupted(f"stopped at step {self.step} of {total} with a checkpoint",
                                   exit_code=128 + stop.signum)
 
+    def _apply_time_budget(self, step_seconds: float, elapsed: float) -> None:
+        """Shorten the full stage (once, at the probe) so the fit ends within its time budget;
+        config.json and later checkpoints record the shortened stage."""
+        cfg = self.config
+        done = self.step - self.coarse_steps
+        # The end of the fit renders every frame once more (train and held-out PSNR) and saves.
+        reserve = 2.0 + step_seconds * self.dataset.num_frames
+        strategy = cfg.strategy
+        growth = Growth(cap=strategy.max_surfels if strategy.enabled else 0, every=strategy.every,
+                        fraction=strategy.grow_fraction, start=strategy.start, stop=strategy.stop)
+        plan = plan_full_steps(cfg.full.steps, done, step_seconds, len(self.model.canonical),
+                               growth, cfg.time_budget_s - elapsed - reserve)
+        self.run.log_metrics({"step": self.step, "time_budget": {
+            "budget_s": cfg.time_budget_s, "elapsed_s": round(elapsed, 2),
+            "step_s": round(step_seconds, 4), "planned_full_steps": plan.planned,
+            "full_steps": plan.steps, "predicted_rest_s": round(plan.predicted_seconds, 1)}})
+        budget = console.format_duration(cfg.time_budget_s)
+        if not plan.shortened:
+            console.info(f"time budget {budget}: the planned {plan.planned} full-stage steps fit "
+                         f"({step_seconds:.2f} s a step now)")
+            return
+        console.warn(f"time budget {budget}: the full stage is shortened from {plan.planned} to "
+                     f"{plan.steps} steps ({step_seconds:.2f} s a step now, more as surfels are "
+                     "added); a longer budget gives a sharper fit")
+        self.config = dataclasses.replace(cfg, full=dataclasses.replace(cfg.full, steps=plan.steps))
+        self.run.write_config(self.config, kind="fit")
+
     def _fit(self, resume: bool) -> DynamicSurfelModel:
         cfg = self.config
         if not (resume and self.restore()):
@@ -625,6 +657,16 @@ class Trainer:
         start = time.monotonic()
         cpu_start = time.process_time()
         with StopRequests() as stop:
+            probe_from = self.coarse_steps + PROBE_SKIP
+            probe_to = probe_from + PROBE_STEPS
+            if cfg.time_budget_s > 0 and self.step <= probe_from and probe_to < total:
+                # Time a few full-stage steps, then shorten the stage once if it would not fit.
+                self._run_steps(probe_from, start, cpu_start, stop, of_total=total)
+                probe_start = time.monotonic()
+                self._run_steps(probe_to, start, cpu_start, stop, of_total=total)
+                self._apply_time_budget((time.monotonic() - probe_start) / PROBE_STEPS,
+                                        time.monotonic() - start)
+                total = self.config.total_steps
             self._run_steps(total, start, cpu_start, stop)
         self.save()
         elapsed = time.monotonic() - start
