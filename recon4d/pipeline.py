@@ -24,7 +24,8 @@ def run_job(input_path: str | Path, run_dir: str | Path, overrides: dict | None 
         overrides: optional ``preset`` (fit preset name), ``resolution`` (side of the square
             ingested frames, pixels: ``IngestOptions.resolution``), ``formats`` (export formats,
             default: the exporter's, ``glb-skin`` and ``video``), ``gt`` (ground-truth folder for
-            evaluation), ``depth`` / ``depth_kind`` (depth maps for ingest: ``IngestOptions``).
+            evaluation), ``depth`` / ``depth_kind`` (depth maps for ingest: ``IngestOptions``),
+            ``time_budget`` (minutes the fit may take: ``recon4d fit --time-budget``).
         export_options: :class:`recon4d.export.exporter.ExportOptions` (default: the exporter's).
         eval_options: :class:`recon4d.eval.evaluate.EvalOptions` (default: the published protocol).
 
@@ -63,8 +64,10 @@ def run_job(input_path: str | Path, run_dir: str | Path, overrides: dict | None 
     seconds = {}
     start = time.monotonic()
     # On resume fit reuses the run's recorded config; the batch wipes a run whose row changed.
+    fit_overrides = ({"time_budget_s": 60.0 * float(overrides["time_budget"])}
+                     if overrides.get("time_budget") else None)
     fit(input_path, run.root, preset=overrides.get("preset"), resume=resume,
-        ingest_options=ingest_options)
+        ingest_options=ingest_options, overrides=fit_overrides)
     seconds["seconds_fit"] = time.monotonic() - start
 
     start = time.monotonic()

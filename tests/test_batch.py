@@ -210,13 +210,19 @@ def test_manifest_csv_and_jsonl_overrides(tmp_path):
     assert load_manifest(depth, out)[0].overrides == {"depth": str(tmp_path / "maps" / "x.npy"),
                                                       "depth_kind": "depth"}
     assert (specs[1].name, specs[1].input, specs[1].line) == ("why", "/data/y.mp4", 3)
+    budget = tmp_path / "t.csv"
+    budget.write_text("input,time_budget\nx.mp4,7.5\ny.mp4,\n")
+    assert [s.overrides for s in load_manifest(budget, out, defaults={"time_budget": "2"})] == [
+        {"time_budget": 7.5}, {"time_budget": 2.0}]
 
     bad = [("input,resolution\nx.mp4,big\n", r"m2.csv:2: 'resolution'"),
            ("video\nx.mp4\n", "no 'input' column"),
            ("input,name\nx.mp4,same\ny.mp4,same\n", "already used on line 2"),
            ("input\nx.mp4\nx.mp4\n", "repeats line 2"),
            ("input,formats\nx.mp4,glb skin!\n", "bad export format"),
-           ("input,depth_kind\nx.mp4,metric\n", "bad depth_kind 'metric'")]
+           ("input,depth_kind\nx.mp4,metric\n", "bad depth_kind 'metric'"),
+           ("input,time_budget\nx.mp4,0\n", r"m2.csv:2: 'time_budget' must be a positive"),
+           ("input,time_budget\nx.mp4,soon\n", "'time_budget' must be a positive number")]
     for text, message in bad:
         (tmp_path / "m2.csv").write_text(text)
         with pytest.raises(UserError, match=message):

@@ -76,7 +76,7 @@ def test_batch_runs_the_real_pipeline(tmp_path, clips_dir):
     manifest.write_text("\n".join(json.dumps(row) for row in [
         {"input": "inputs/tiny_dolphin.mp4"},
         {"input": "inputs/tiny_robot", "resolution": 24, "depth": "inputs/robot_depth.npy",
-         "depth_kind": "depth"},
+         "depth_kind": "depth", "time_budget": 30},
         {"input": "inputs/truncated.mp4"}]) + "\n")
     out = tmp_path / "out"
     defaults = {"preset": "test", "resolution": 32, "formats": ["splats"]}
@@ -98,6 +98,9 @@ def test_batch_runs_the_real_pipeline(tmp_path, clips_dir):
         manifest_json = json.loads((run_dir / "dataset" / "manifest.json").read_text())
         side = 24 if name == "tiny_robot" else 32  # a row's resolution beats the batch default
         assert (manifest_json["width"], manifest_json["num_frames"]) == (side, FRAMES)
+        config = json.loads((run_dir / "config.json").read_text())["config"]
+        # The row's time budget (minutes) reached the fit; the other row has none.
+        assert config["time_budget_s"] == (1800.0 if name == "tiny_robot" else 0.0)
         if name == "tiny_robot":  # the row's depth maps reached the dataset and the fit
             assert manifest_json["depth"]["kind"] == "depth"
             log = (run_dir / "logs" / "metrics.jsonl").read_text()

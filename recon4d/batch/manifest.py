@@ -19,8 +19,9 @@ Columns / keys:
 - ``preset``, ``resolution`` (longest image side in pixels), ``formats`` (export formats,
   separated by ``;``, ``|`` or spaces in CSV, a list in JSONL), ``gt`` (ground-truth folder for
   evaluation), ``depth`` (depth maps for the clip, as ``recon4d ingest --depth``; relative to the
-  manifest's folder) and ``depth_kind`` (``disparity`` or ``depth``): per-job overrides of the
-  batch-wide defaults.
+  manifest's folder), ``depth_kind`` (``disparity`` or ``depth``) and ``time_budget`` (minutes
+  the fit may take, as ``recon4d fit --time-budget``): per-job overrides of the batch-wide
+  defaults.
 
 Other columns are ignored with a warning (a manifest may carry notes such as the prompt). A
 malformed row is a :class:`~recon4d.errors.UserError` naming the line: the batch stops before any
@@ -32,6 +33,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from typing import Any, Iterable
 from recon4d.data.options import DEPTH_KINDS
 from recon4d.errors import UserError
 
-OVERRIDE_KEYS = ("preset", "resolution", "formats", "gt", "depth", "depth_kind")
+OVERRIDE_KEYS = ("preset", "resolution", "formats", "gt", "depth", "depth_kind", "time_budget")
 KNOWN_KEYS = ("input", "name") + OVERRIDE_KEYS
 MAX_NAME_LENGTH = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -163,6 +165,17 @@ def _parse_resolution(value: Any, where: str) -> int:
     return number
 
 
+def _parse_minutes(value: Any, where: str) -> float:
+    try:
+        number = float(str(value).strip()) if not isinstance(value, bool) else math.nan
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise UserError(f"{where}: 'time_budget' must be a positive number of minutes, got "
+                        f"{value!r}: fix the manifest")
+    return number
+
+
 def normalize_overrides(raw: dict, where: str, base_dir: Path | None = None) -> dict:
     """Validate override values (strings from CSV or JSON values) into a clean dict.
 
@@ -181,6 +194,8 @@ def normalize_overrides(raw: dict, where: str, base_dir: Path | None = None) -> 
             out[key] = _parse_resolution(value, where)
         elif key == "formats":
             out[key] = _parse_formats(value, where)
+        elif key == "time_budget":
+            out[key] = _parse_minutes(value, where)
         elif key == "depth_kind":
             if str(value).strip() not in DEPTH_KINDS:
                 raise UserError(f"{where}: bad depth_kind {value!r}: use disparity or depth")

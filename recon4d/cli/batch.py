@@ -46,6 +46,8 @@ class Config:
     """Default ingest resolution (pixels) for rows without one."""
     formats: Optional[Tuple[str, ...]] = None
     """Default export formats for rows without any (default: glb-skin)."""
+    time_budget: Optional[float] = None
+    """Default minutes each fit may take (recon4d fit --time-budget) for rows without one."""
     job: str = "recon4d.pipeline:run_job"
     """Advanced: the job function, module:function(input, run_dir, overrides) -> dict."""
     dry_run: bool = False
@@ -58,7 +60,8 @@ def run(config: Config) -> int:
     from recon4d.batch.runner import run_batch
 
     defaults = {"preset": config.preset, "resolution": config.resolution,
-                "formats": list(config.formats) if config.formats else None}
+                "formats": list(config.formats) if config.formats else None,
+                "time_budget": config.time_budget}
     specs = load_manifest(config.manifest, config.out, defaults)
     if config.dry_run:
         width = max(len(s.name) for s in specs)
