@@ -85,3 +85,23 @@ def test_a_fit_with_a_short_budget_shortens_its_full_stage_once_and_records_it(
     assert "the planned 40 full-stage steps fit" in capsys.readouterr().err
     assert RunDir(generous).read_config()["full"]["steps"] == 40
     assert RunDir(generous).read_metrics_log()[-1]["step"] == 44
+
+
+def test_a_budget_given_on_resume_after_the_decision_point_is_said_not_to_apply(
+        ball, tmp_path, capsys):  # noqa: F811
+    small = {"coarse.steps": 4, "full.steps": 60, "model.num_surfels": 200, "coarse_surfels": 50,
+             "strategy.max_surfels": 300, "num_threads": 1, "checkpoint_every": 40}
+    run_dir = tmp_path / "run"
+    stop_at = {"step": 42}  # after the checkpoint at step 40
+
+    def interrupt(step, model, record):
+        if step + 1 == stop_at["step"]:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(ball, run_dir, preset="test", overrides=small, on_step=interrupt)
+    capsys.readouterr()
+    fit(ball, run_dir, preset="test", overrides={**small, "time_budget_s": 1.0}, resume=True)
+    err = capsys.readouterr().err
+    assert "past that point: it runs its remaining 24 steps" in err
+    assert RunDir(run_dir).read_metrics_log()[-1]["step"] == 64

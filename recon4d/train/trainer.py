@@ -667,6 +667,11 @@ class Trainer:
                 self._apply_time_budget((time.monotonic() - probe_start) / PROBE_STEPS,
                                         time.monotonic() - start)
                 total = self.config.total_steps
+            elif cfg.time_budget_s > 0 and self.step > probe_from and not any(
+                    "time_budget" in record for record in self.run.read_metrics_log()):
+                console.warn(f"the time budget is applied {PROBE_SKIP + PROBE_STEPS} steps into "
+                             f"the full stage and this run is past that point: it runs its "
+                             f"remaining {total - self.step} steps")
             self._run_steps(total, start, cpu_start, stop)
         self.save()
         elapsed = time.monotonic() - start
