@@ -504,6 +504,23 @@ def test_config_overrides_and_json_round_trip():
         apply_overrides(config, {"full.stepz": 3})
 
 
+def test_stage_lr_scales_multiply_one_group_in_that_stage_only(ball, tmp_path):
+    from recon4d.data.dataset import load_dataset
+    from recon4d.train.trainer import Trainer
+
+    config = resolve_for_dataset(_tiny(**{"coarse.lr_scales": {"root_rot": 10.0}}), 32, 32, 8)
+    assert config_from_dict(json.loads(json.dumps(_jsonable(config)))) == config
+    trainer = Trainer(load_dataset(ball), RunDir(tmp_path / "run").create(), config)
+    trainer.initialise()
+    rates = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert trainer.stage_name == "coarse"
+    assert rates["root_rot"] == pytest.approx(10.0 * config.lr.root_rot * config.coarse.lr_scale)
+    assert rates["root_offsets"] == pytest.approx(config.lr.root_offsets * trainer.extent
+                                                  * config.coarse.lr_scale)
+    full = {g["name"]: g["lr"] for g in trainer._build_optimizer(config.full).param_groups}
+    assert full["root_rot"] == pytest.approx(config.lr.root_rot * config.full.lr_scale)
+
+
 def test_budgets_scale_with_image_area_once():
     base = preset("cpu-fast")
     same = scale_for_resolution(base, 128, 128)

@@ -121,6 +121,9 @@ class StageConfig:
     cameras with user depth, docs/fit.md)."""
     ssim_weight: float = 0.2
     lr_scale: float = 1.0
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    """Per-group multipliers of the learning rates in this stage (group names as in
+    :class:`LearningRates`, e.g. ``{"root_rot": 10}``), on top of ``lr_scale``."""
 
 
 def _full_losses() -> dict[str, Weight]:

@@ -194,6 +194,7 @@ class Trainer:
 
         def add(name, params, value):
             params = [p for p in params if p is not None]
+            value = value * stage.lr_scales.get(name, 1.0)
             if params and value > 0:
                 groups.append({"name": name, "params": params, "lr": value * s, "base_lr": value * s})
 
