@@ -6,9 +6,8 @@ frame's DISPLAYMATRIX side data into the quarter turns and flips that show it up
 ffmpeg's autorotate does (fftools: a rotation of 90, 180 or 270 degrees, with the matrix's signs
 choosing between a plain turn and a turn plus flip).
 
-The matrix holds nine int32 values ``a b u c d v x y w`` (``a b c d`` in 16.16 fixed point); the
-rotation it encodes is ``atan2(b, a)`` in the matrix's own (y-down) terms. Arrays are (H, W[, C])
-with row 0 at the top.
+The matrix holds nine int32 values ``a b u c d v x y w`` (``a b c d`` in 16.16 fixed point);
+the angle of its first column is ``atan2(b, a)``. Arrays are (H, W[, C]) with row 0 at the top.
 """
 
 from __future__ import annotations
