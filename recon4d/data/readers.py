@@ -445,16 +445,16 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
         take = (index in wanted) if wanted is not None else index % stride == 0
         if not take:
             continue
-        if has_alpha:
-            rgba = upright_array(frame, "rgba")
-            rgb, alpha = np.ascontiguousarray(rgba[..., :3]), _opaque_to_none(rgba[..., 3])
-        else:
-            rgb, alpha = upright_array(frame, "rgb24"), None
-        if orientation is None:
+        if orientation is None:  # the stream's matrix: read once, applied to every frame
             orientation = frame_orientation(frame)
             if not orientation.is_identity:
                 console.info(f"video '{path.name}' is shown {orientation.describe()} (its display "
                              "matrix): frames are read as shown")
+        if has_alpha:
+            rgba = orientation.apply(frame.to_ndarray(format="rgba"))
+            rgb, alpha = np.ascontiguousarray(rgba[..., :3]), _opaque_to_none(rgba[..., 3])
+        else:
+            rgb, alpha = orientation.apply(frame.to_ndarray(format="rgb24")), None
         collector.add(rgb, alpha, f"frame {index} of '{path.name}'")
         kept.append(index)
         times.append(time)

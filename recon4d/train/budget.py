@@ -95,15 +95,18 @@ def plan_full_steps(planned: int, done: int, step_seconds: float, surfels: int, 
     def cost(steps: int) -> float:
         return remaining_seconds(steps, done, step_seconds, surfels, growth)
 
-    if cost(planned) <= seconds_left:
-        return BudgetPlan(planned, planned, cost(planned))
+    whole = cost(planned)
+    if whole <= seconds_left:
+        return BudgetPlan(planned, planned, whole)
     low, high = done + 1, planned  # cost(high) is over the budget; find the last step count under it
-    if cost(low) > seconds_left:
-        return BudgetPlan(planned, low, cost(low))
+    low_cost = cost(low)
+    if low_cost > seconds_left:
+        return BudgetPlan(planned, low, low_cost)
     while high - low > 1:
         middle = (low + high) // 2
-        if cost(middle) <= seconds_left:
-            low = middle
+        middle_cost = cost(middle)
+        if middle_cost <= seconds_left:
+            low, low_cost = middle, middle_cost
         else:
             high = middle
-    return BudgetPlan(planned, low, cost(low))
+    return BudgetPlan(planned, low, low_cost)

@@ -16,6 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+TEMP_PREFIX = ".tmp-"
+"""Name prefix of the temporary siblings (``.tmp-<name>-<random>``): a killed write leaves one."""
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -41,7 +44,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.stem}-", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -94,7 +97,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         # mkdir would say FileExistsError, which callers read as "the output exists".
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(path.parent))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}-", dir=path.parent))
     try:
         yield tmp
         if path.exists():

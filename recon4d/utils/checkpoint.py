@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from recon4d.errors import UserError
-from recon4d.utils.atomic import atomic_path, atomic_write_json, read_json
+from recon4d.utils.atomic import TEMP_PREFIX, atomic_path, atomic_write_json, read_json
 
 _STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -41,7 +41,7 @@ def save_checkpoint(folder: str | Path, step: int, state: dict[str, Any], keep: 
     for entry in folder.iterdir():
         if (m := _STEP_NAME.match(entry.name)):
             steps.append(int(m.group(1)))
-        elif entry.name.startswith(".tmp-step_"):
+        elif entry.name.startswith(f"{TEMP_PREFIX}step_"):
             # A write killed before its rename (SIGKILL, SIGTERM, power) leaves its temporary,
             # a checkpoint's size; one fit writes a run's checkpoints, so it is stale.
             entry.unlink(missing_ok=True)
