@@ -338,7 +338,8 @@ def test_fit_refuses_settings_that_cannot_work_from_python_too(ball, tmp_path):
     bad = {"seed": -1, "num_threads": -2, "device": "tpu", "resolution_scaling": float("nan"),
            "full.steps": -5, "coarse.resolution": 0.0, "full.losses.photo": float("inf"),
            "coarse.losses.rigidity": [[0.0, 1.0], [1.0, -1.0]], "model.blend": "slerp",
-           "model.num_surfels": 0, "model.init_profile": "cube", "time_budget_s": -1.0}
+           "model.num_surfels": 0, "model.init_profile": "cube", "time_budget_s": -1.0,
+           "model.root_init": "sfm"}
     for key, value in bad.items():
         with pytest.raises(UserError, match=re.escape(f"{key} must")):
             fit(ball, tmp_path / "run", preset="test", overrides={key: value})

@@ -76,7 +76,7 @@ def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cameras_fixed(viewmats: np.ndarray, Ks: np.ndarray) -> bool:
+def cameras_fixed(viewmats: np.ndarray, Ks: np.ndarray) -> bool:
     return bool(np.allclose(viewmats, viewmats[:1], atol=1e-6) and np.allclose(Ks, Ks[:1], atol=1e-6))
 
 
@@ -161,7 +161,7 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     # The grid is axis-aligned with the reference camera so the inflation is per pixel column.
     points = local @ cam2world[:3, :3].T + centre
 
-    if _cameras_fixed(viewmats, Ks):
+    if cameras_fixed(viewmats, Ks):
         uv, z = project_points(points, view0, K0)
         inside = sample_nearest(mask0.astype(np.float32), uv) > 0.5
         # Half-thickness from the silhouette's shape (pixels -> scene units).

@@ -53,6 +53,10 @@ class ModelConfig:
     the sides (novel views -1.4 dB; docs/fit.md)."""
     depth_hint: float = 2.7
     """Object depth (scene units) when the dataset's cameras do not place the object."""
+    root_init: str = "identity"
+    """Where the root poses start: 'identity' (no motion; the fit finds it) or 'tracks' (rigid
+    structure from motion on DIS point tracks before the fit, fixed cameras only: for objects
+    that turn far, which the photometric fit leaves to the bones; docs/fit.md, Session 17)."""
 
 
 @dataclass
@@ -144,12 +148,15 @@ def _full_losses() -> dict[str, Weight]:
         # Parts that hold still between two training frames stay still between them
         # (FitConfig.between_still gates it).
         "between": 100.0,
+        # Holds the object's depth at the reference frame where the init put it (the fixed
+        # camera's depth-scale gauge); off by default (docs/fit.md, Session 17).
+        "depth_gauge": 0.0,
     }
 
 
 def _coarse_losses() -> dict[str, Weight]:
     return {"photo": 1.0, "mask": 1.0, "rigidity": 3.0, "bone_smooth": 0.3, "root_smooth": 0.3,
-            "skin_smooth": 0.05, "depth": 0.1}
+            "skin_smooth": 0.05, "depth": 0.1, "depth_gauge": 0.0}
 
 
 @dataclass
@@ -257,6 +264,8 @@ def config_problem(config: FitConfig) -> str | None:
     model = config.model
     if model.blend not in ("dqs", "lbs"):
         return f"model.blend must be dqs or lbs, got {model.blend!r}"
+    if model.root_init not in ("identity", "tracks"):
+        return f"model.root_init must be identity or tracks, got {model.root_init!r}"
     if model.init_profile not in ("auto", "round", "linear"):
         return f"model.init_profile must be auto, round or linear, got {model.init_profile!r}"
     for name, smallest in (("num_surfels", 1), ("num_bones", 0), ("time_freqs", 0),

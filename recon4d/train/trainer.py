@@ -33,8 +33,12 @@ from recon4d.losses import geometry, motion, photometric, priors
 from recon4d.losses.robust import FrameWeights
 from recon4d.losses.schedule import weights_at
 from recon4d.model.canonical import CanonicalSurfels
-from recon4d.model.init import init_from_masks, kmeans_bones, object_depth, to_torch
+from recon4d.data.tracks import point_tracks
+from recon4d.model.init import (cameras_fixed, init_from_masks, kmeans_bones, object_depth,
+                                to_torch)
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
+from recon4d.model.root_from_tracks import estimate_root_poses
+from recon4d.model.rotations import quat_rotate
 from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
 from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
                                     mirror_plane_from_map)
@@ -120,6 +124,7 @@ class Trainer:
         self._scaled: dict[float, tuple[Tensor, Tensor]] = {}
         self._scaled_depth: dict[float, Tensor] = {}
         self._neighbours: Tensor | None = None
+        self._gauge_depth: Tensor | None = None
         # Upright mirror plane of the subject, found once when the symmetry term first acts.
         self.mirror_plane: MirrorPlane | None = None
         self._plane_searched = False
@@ -170,9 +175,40 @@ class Trainer:
             rot_scale=cfg.model.bone_rot_scale, trans_scale=cfg.model.bone_trans_scale * self.extent,
             refine_freqs=cfg.model.refine_freqs).to(self.device)
         self.model.spec["extent"] = self.extent
+        with torch.no_grad():
+            self._gauge_depth = self._reference_depth().detach()
+        if cfg.model.root_init == "tracks":
+            self._root_poses_from_tracks(init)
         self.strategy = DensifyPrune(cfg.strategy, self.extent, seed=cfg.seed)
         self.step = 0
         self._enter_stage(self.stage_at(0)[0], fresh=True)
+
+    def _root_poses_from_tracks(self, init) -> None:
+        """Start the root poses at the rigid motion the point tracks show (fixed cameras)."""
+        ds, train = self.dataset, self.train_frames
+        if not cameras_fixed(ds.cameras.viewmats, ds.cameras.Ks):
+            console.warn("model.root_init 'tracks' is for a fixed camera and this dataset's "
+                         "cameras move: the root poses start at the identity")
+            return
+        tracks = point_tracks(ds.frames[train], ds.masks[train])
+        if tracks.num_tracks < 6:
+            console.warn(f"model.root_init 'tracks': only {tracks.num_tracks} point tracks on "
+                         "the object, too few for its motion: the root poses start at the identity")
+            return
+        root = self.model.warp.root
+        estimate = estimate_root_poses(tracks, ds.cameras.viewmats[train], ds.cameras.Ks[train],
+                                       init.points, init.normals, root.pivot.cpu().numpy(),
+                                       self.extent, ds.height, ds.width)
+        with torch.no_grad():
+            # Key times are the training frames' times in order, the tracks' frame order.
+            root.rotvecs.copy_(torch.as_tensor(estimate.rotvecs, dtype=torch.float32))
+            root.offsets.copy_(torch.as_tensor(estimate.offsets, dtype=torch.float32))
+        turn = float(estimate.turn_degrees().max())
+        console.info(f"root poses from {estimate.num_tracks} point tracks: turns up to "
+                     f"{turn:.0f} degrees, median reprojection error {estimate.residual_px:.2f} px")
+        self.run.log_metrics({"step": 0, "root_init": {
+            "tracks": estimate.num_tracks, "observations": estimate.num_observations,
+            "residual_px": round(estimate.residual_px, 3), "max_turn_deg": round(turn, 2)}})
 
     def _enter_stage(self, name: str, fresh: bool) -> None:
         if name == "full" and not fresh and self.coarse_steps > 0:
@@ -351,6 +387,8 @@ class Trainer:
                                                 plane, self.extent)
         if weights.get("between", 0) > 0 and len(self.train_frames) >= 2:
             terms["between"] = self._between_term() / self.extent ** 2
+        if weights.get("depth_gauge", 0) > 0 and self._gauge_depth is not None:
+            terms["depth_gauge"] = (self._reference_depth() - self._gauge_depth) ** 2 / self.extent ** 2
         if weights.get("root_smooth", 0) > 0:
             root = model.warp.root
             terms["root_smooth"] = (motion.keyframe_smoothness(root.rotvecs)
@@ -359,6 +397,23 @@ class Trainer:
         values = {name: float(value.detach()) for name, value in terms.items()}
         values["psnr"] = float(np.mean(psnrs))
         return total, values, torch.cat(photo_values)
+
+    def _reference_depth(self) -> Tensor:
+        """Camera depth of the surfels' centroid at the reference (first training) frame.
+
+        A fixed camera cannot tell a larger object farther away from a smaller one nearer; the
+        init settles that gauge (the object's centre at the dataset's depth in the reference
+        frame) and the ``depth_gauge`` loss holds it there. Bones and root pose are both
+        applied: either could carry the whole object away in depth. Every surfel counts (a
+        sample's centroid would move from step to step and the term would never settle).
+        """
+        ref = self.train_frames[0]
+        t = self.times[ref]
+        rows = torch.arange(len(self.model.canonical), device=self.device)
+        q, shift = self.model.warp.root.rt_at(t)
+        centre = quat_rotate(q, self.model.deformed_means(rows, t).mean(0)) + shift
+        viewmat = self.model.base_viewmats[ref]
+        return viewmat[2, :3] @ centre + viewmat[2, 3]
 
     def _sample_rows(self) -> Tensor:
         """(S,) random canonical rows (with repeats), S = ``rigidity_samples`` or all surfels,
@@ -541,6 +596,7 @@ class Trainer:
             "neighbours": self._neighbours,
             "mirror_plane": None if self.mirror_plane is None else asdict(self.mirror_plane),
             "plane_searched": self._plane_searched,
+            "gauge_depth": self._gauge_depth,
         }
 
     def save(self) -> None:
@@ -554,6 +610,7 @@ class Trainer:
         _, state = found
         self.model = DynamicSurfelModel.from_state(state["model_spec"], state["model"]).to(self.device)
         self.extent = float(state["extent"])
+        self._gauge_depth = state.get("gauge_depth")
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.strategy = DensifyPrune(self.config.strategy, self.extent, seed=self.config.seed)

@@ -1,0 +1,222 @@
+"""Root poses from point tracks: the object's rigid motion, estimated before the photometric fit.
+
+Why: an object that turns far in front of a fixed camera is a poor fit for gradient descent on
+images alone. The surfels and the bones explain each frame's few degrees of turn before the root
+pose does (docs/fit.md, Session 16: a 120-degree tumble ended with a 30-degree root). Tracks see
+the turn directly, so the root is estimated from them first, as rigid structure from motion:
+
+1. Chain: frame by frame, the tracks seen in frame k are lifted to 3D at the depth of the initial
+   surface posed at k, and frame k+1's pose is the rigid motion that best reprojects them onto
+   their positions in k+1 (robust Huber loss on pixel error).
+2. Bundle adjustment: every track becomes one canonical 3D point, and all poses and points are
+   refined together against every observation. Several frames fix what one pair cannot (depth
+   against rotation); the first frame's pose stays the identity (the canonical frame).
+
+Frames: poses map canonical points to world, x -> R (x - pivot) + pivot + d, the convention of
+:class:`recon4d.model.warp.RootPoses`. Cameras are OpenCV world-to-camera with pixel intrinsics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from recon4d.data.tracks import PointTracks
+from recon4d.model.rotations import axis_angle_to_quat, quat_to_rotmat
+from recon4d.utils import console
+
+
+@dataclass
+class RootEstimate:
+    """Rigid motion of the object at each tracked frame.
+
+    Attributes:
+        rotvecs: (F, 3) rotation vectors (radians); rotvecs[0] = 0.
+        offsets: (F, 3) translations of the pivot (world units); offsets[0] = 0.
+        residual_px: median reprojection error over all observations after adjustment.
+        num_tracks, num_observations: the data the estimate rests on.
+    """
+
+    rotvecs: np.ndarray
+    offsets: np.ndarray
+    residual_px: float
+    num_tracks: int
+    num_observations: int
+
+    def turn_degrees(self) -> np.ndarray:
+        """(F,) angle of each pose's rotation, degrees."""
+        return np.degrees(np.linalg.norm(self.rotvecs, axis=1))
+
+
+def _rotmats(rotvecs: torch.Tensor) -> torch.Tensor:
+    """(..., 3) rotation vectors -> (..., 3, 3) matrices (smooth at zero)."""
+    return quat_to_rotmat(axis_angle_to_quat(rotvecs))
+
+
+def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
+    """(M, 3) world points seen by (M, 4, 4) cameras with (M, 3, 3) intrinsics -> (M, 2) pixels."""
+    cam = torch.einsum("mij,mj->mi", viewmats[:, :3, :3], points) + viewmats[:, :3, 3]
+    z = cam[:, 2:3].clamp_min(1e-6)
+    return cam[:, :2] / z * torch.stack([Ks[:, 0, 0], Ks[:, 1, 1]], 1) + Ks[:, :2, 2]
+
+
+def _huber(residual: torch.Tensor, delta_px: float = 1.0) -> torch.Tensor:
+    return torch.where(residual < delta_px, 0.5 * residual ** 2, delta_px * (residual - 0.5 * delta_px))
+
+
+def _pose_points(points: np.ndarray, rotvec: np.ndarray, offset: np.ndarray,
+                 pivot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rot = _rotmats(torch.as_tensor(rotvec, dtype=torch.float64)).numpy()
+    return (points - pivot) @ rot.T + pivot + offset, rot
+
+
+def surface_depth(pixels: np.ndarray, points: np.ndarray, normals: np.ndarray,
+                  viewmat: np.ndarray, K: np.ndarray, height: int, width: int,
+                  tolerance: float) -> np.ndarray:
+    """Camera depth of a surface sample cloud at given pixels.
+
+    Args:
+        pixels: (M, 2) pixel coordinates; points, normals: (N, 3) world surface samples.
+        viewmat: (4, 4) world-to-camera; K: (3, 3); tolerance: depth band (world units) kept
+            behind the nearest sample of each 2x2 pixel block (the visible front layer).
+
+    Returns:
+        (M,) depth: the mean depth of the 4 nearest visible samples in the image.
+    """
+    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = np.maximum(cam[:, 2], 1e-6)
+    uv = cam[:, :2] / z[:, None] * np.diag(K)[:2] + K[:2, 2]
+    centre = -viewmat[:3, :3].T @ viewmat[:3, 3]
+    facing = ((centre - points) * normals).sum(1) > 0
+    block = np.clip(np.floor(uv / 2).astype(int), 0, [(width - 1) // 2, (height - 1) // 2])
+    nearest = np.full(((height + 1) // 2, (width + 1) // 2), np.inf)
+    np.minimum.at(nearest, (block[facing, 1], block[facing, 0]), z[facing])
+    front = facing & (z <= nearest[block[:, 1], block[:, 0]] + tolerance)
+    if front.sum() < 4:
+        front = facing if facing.sum() >= 4 else np.ones_like(facing)
+    _, index = cKDTree(uv[front]).query(pixels, k=4)
+    return z[front][index].mean(1)
+
+
+def _lift(pixels: np.ndarray, depth: np.ndarray, viewmat: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(M, 2) pixels at (M,) camera depths -> (M, 3) world points."""
+    rays = np.concatenate([(pixels - K[:2, 2]) / np.diag(K)[:2], np.ones((len(pixels), 1))], 1)
+    return (rays * depth[:, None] - viewmat[:3, 3]) @ viewmat[:3, :3]
+
+
+def _fit_pose(canonical: np.ndarray, pixels: np.ndarray, viewmat: np.ndarray, K: np.ndarray,
+              pivot: np.ndarray, rotvec: np.ndarray, offset: np.ndarray,
+              iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pose (rotvec, offset) reprojecting (M, 3) canonical points onto (M, 2) pixels."""
+    rv = torch.tensor(rotvec, dtype=torch.float64, requires_grad=True)
+    off = torch.tensor(offset, dtype=torch.float64, requires_grad=True)
+    pts = torch.as_tensor(canonical, dtype=torch.float64)
+    target = torch.as_tensor(pixels, dtype=torch.float64)
+    piv = torch.as_tensor(pivot, dtype=torch.float64)
+    vm = torch.as_tensor(viewmat, dtype=torch.float64).expand(len(pts), 4, 4)
+    k = torch.as_tensor(K, dtype=torch.float64).expand(len(pts), 3, 3)
+    opt = torch.optim.LBFGS([rv, off], lr=1, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        world = (pts - piv) @ _rotmats(rv).T + piv + off
+        loss = _huber((_project(world, vm, k) - target).norm(dim=1)).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return rv.detach().numpy(), off.detach().numpy()
+
+
+def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
+                        surface_points: np.ndarray, surface_normals: np.ndarray,
+                        pivot: np.ndarray, extent: float, height: int, width: int,
+                        iterations: int = 1500) -> RootEstimate:
+    """Rigid root poses of the tracked frames.
+
+    Args:
+        tracks: tracks over F frames (:func:`recon4d.data.tracks.point_tracks`).
+        viewmats: (F, 4, 4) world-to-camera of those frames; Ks: (F, 3, 3) intrinsics.
+        surface_points, surface_normals: (N, 3) the initial surface in the canonical frame
+            (= world at frame 0): it gives each track its starting depth.
+        pivot: (3,) the root poses' pivot; extent: object half-size (world units).
+        height, width: the frames' size in pixels.
+        iterations: L-BFGS iterations of the bundle adjustment.
+
+    Returns:
+        :class:`RootEstimate` for the F frames.
+    """
+    count = tracks.valid.shape[1]
+    viewmats = np.asarray(viewmats, np.float64)
+    Ks = np.asarray(Ks, np.float64)
+    points = np.asarray(surface_points, np.float64)
+    normals = np.asarray(surface_normals, np.float64)
+    pivot = np.asarray(pivot, np.float64)
+    band = 0.05 * extent
+    first = tracks.valid.argmax(1)
+    canonical = np.zeros((tracks.num_tracks, 3))
+    rotvecs, offsets = np.zeros((count, 3)), np.zeros((count, 3))
+
+    def lift_tracks(k: int, which: np.ndarray) -> np.ndarray:
+        """Canonical 3D of tracks ``which`` from their pixels in frame k and pose k."""
+        world, rot = _pose_points(points, rotvecs[k], offsets[k], pivot)
+        depth = surface_depth(tracks.uv[which, k], world, normals @ rot.T, viewmats[k], Ks[k],
+                              height, width, band)
+        lifted = _lift(tracks.uv[which, k], depth, viewmats[k], Ks[k])
+        return (lifted - offsets[k] - pivot) @ rot + pivot
+
+    for k in console.track(range(count), description="root poses from tracks"):
+        if k > 0:
+            both = np.nonzero(tracks.valid[:, k - 1] & tracks.valid[:, k])[0]
+            if len(both) >= 6:
+                rotvecs[k], offsets[k] = _fit_pose(lift_tracks(k - 1, both), tracks.uv[both, k],
+                                                   viewmats[k], Ks[k], pivot, rotvecs[k - 1],
+                                                   offsets[k - 1], iterations=60)
+            else:
+                rotvecs[k], offsets[k] = rotvecs[k - 1], offsets[k - 1]
+        starting = np.nonzero(first == k)[0]
+        if len(starting):
+            canonical[starting] = lift_tracks(k, starting)
+    rotvecs, offsets, residual = _bundle_adjust(tracks, viewmats, Ks, canonical, pivot,
+                                                rotvecs, offsets, iterations)
+    return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations)
+
+
+def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
+                   canonical: np.ndarray, pivot: np.ndarray, rotvecs: np.ndarray,
+                   offsets: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Poses 1..F-1 and all track points refined together (pose 0 held at the identity)."""
+    track_index, frame_index = np.nonzero(tracks.valid)
+    target = torch.as_tensor(tracks.uv[track_index, frame_index], dtype=torch.float64)
+    ti, fi = torch.as_tensor(track_index), torch.as_tensor(frame_index)
+    vm = torch.as_tensor(viewmats, dtype=torch.float64)[fi]
+    k = torch.as_tensor(Ks, dtype=torch.float64)[fi]
+    piv = torch.as_tensor(pivot, dtype=torch.float64)
+    rv = torch.tensor(rotvecs[1:], dtype=torch.float64, requires_grad=True)
+    off = torch.tensor(offsets[1:], dtype=torch.float64, requires_grad=True)
+    pts = torch.tensor(canonical, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, 3, dtype=torch.float64)
+
+    def residuals() -> torch.Tensor:
+        rots = _rotmats(torch.cat([zero, rv]))[fi]
+        world = torch.einsum("mij,mj->mi", rots, pts[ti] - piv) + piv + torch.cat([zero, off])[fi]
+        return (_project(world, vm, k) - target).norm(dim=1)
+
+    opt = torch.optim.LBFGS([rv, off, pts], lr=1, max_iter=iterations,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = _huber(residuals()).mean()
+        loss.backward()
+        return loss
+
+    console.info(f"root poses: bundle adjustment of {len(fi)} track observations")
+    opt.step(closure)
+    with torch.no_grad():
+        residual = float(residuals().median())
+    return (np.concatenate([np.zeros((1, 3)), rv.detach().numpy()]),
+            np.concatenate([np.zeros((1, 3)), off.detach().numpy()]), residual)
