@@ -108,17 +108,25 @@ def test_moving_cameras_keep_the_identity_root_with_a_warning(tmp_path, capsys):
     assert float(trainer.model.warp.root.rotvecs.detach().abs().max()) == 0.0
 
 
-def test_depth_gauge_holds_the_reference_frame_depth(tmp_path):
+def test_depth_gauge_pulls_the_reference_frame_toward_the_init_centre(tmp_path):
+    from recon4d.model.init import object_depth
+
     scene = make_scene("rigid", tmp_path / "rigid", resolution=48, frames=6)
     trainer = _trainer(scene, tmp_path, **{"coarse.losses.depth_gauge": 1.0})
     trainer.initialise()
-    assert float(trainer._reference_depth()) == pytest.approx(float(trainer._gauge_depth), abs=1e-5)
+    ref = trainer.train_frames[0]
+    centre = object_depth(trainer.dataset.cameras.viewmats[ref], trainer.config.model.depth_hint)
+    assert float(trainer._gauge_depth) == pytest.approx(centre, abs=1e-5)
+    # The inflated init is deeper at the back than at the front (perspective): its centroid
+    # lies behind the centre it was built around.
+    start = float(trainer._reference_depth().detach())
+    assert start > centre
     frames = trainer.train_frames[:1]
     _, terms, _ = trainer.compute_losses(frames, trainer.config.coarse, 0.0)
-    assert terms["depth_gauge"] == pytest.approx(0.0, abs=1e-10)
-    # Moving the reference frame's root 0.1 units along the camera axis costs (0.1 / extent)^2.
-    axis = trainer.model.base_viewmats[trainer.train_frames[0]][2, :3]
+    assert terms["depth_gauge"] == pytest.approx(((start - centre) / trainer.extent) ** 2, rel=1e-4)
+    # Moving the reference frame's root along the camera axis onto the centre zeroes it.
+    axis = trainer.model.base_viewmats[ref][2, :3]
     with torch.no_grad():
-        trainer.model.warp.root.offsets[0] += 0.1 * axis
+        trainer.model.warp.root.offsets[0] -= (start - centre) * axis
     _, terms, _ = trainer.compute_losses(frames, trainer.config.coarse, 0.0)
-    assert terms["depth_gauge"] == pytest.approx((0.1 / trainer.extent) ** 2, rel=1e-3)
+    assert terms["depth_gauge"] == pytest.approx(0.0, abs=1e-9)
