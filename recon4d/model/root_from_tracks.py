@@ -134,7 +134,7 @@ def _fit_pose(canonical: np.ndarray, pixels: np.ndarray, viewmat: np.ndarray, K:
 def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
                         surface_points: np.ndarray, surface_normals: np.ndarray,
                         pivot: np.ndarray, extent: float, height: int, width: int,
-                        iterations: int = 1500) -> RootEstimate:
+                        iterations: int = 400) -> RootEstimate:
     """Rigid root poses of the tracked frames.
 
     Args:
@@ -181,14 +181,22 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
         if len(starting):
             canonical[starting] = lift_tracks(k, starting)
     rotvecs, offsets, residual = _bundle_adjust(tracks, viewmats, Ks, canonical, pivot,
-                                                rotvecs, offsets, iterations)
+                                                rotvecs, offsets, extent, iterations)
     return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations)
 
 
 def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
                    canonical: np.ndarray, pivot: np.ndarray, rotvecs: np.ndarray,
-                   offsets: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Poses 1..F-1 and all track points refined together (pose 0 held at the identity)."""
+                   offsets: np.ndarray, extent: float,
+                   iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Poses 1..F-1 and all track points refined together (pose 0 held at the identity).
+
+    Unknowns are scaled so that each one's curvature is about the same (a diagonal
+    preconditioner): translations and points in units of the object's extent, and each point
+    in a unit sqrt(frame observations / its observations) times larger, because a frame's pose
+    is pulled by every track seen there and a point only by its own few frames. Unscaled,
+    L-BFGS spends most of its iterations on that imbalance.
+    """
     track_index, frame_index = np.nonzero(tracks.valid)
     target = torch.as_tensor(tracks.uv[track_index, frame_index], dtype=torch.float64)
     ti, fi = torch.as_tensor(track_index), torch.as_tensor(frame_index)
@@ -196,13 +204,17 @@ def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
     k = torch.as_tensor(Ks, dtype=torch.float64)[fi]
     piv = torch.as_tensor(pivot, dtype=torch.float64)
     rv = torch.tensor(rotvecs[1:], dtype=torch.float64, requires_grad=True)
-    off = torch.tensor(offsets[1:], dtype=torch.float64, requires_grad=True)
-    pts = torch.tensor(canonical, dtype=torch.float64, requires_grad=True)
+    off = torch.tensor(offsets[1:] / extent, dtype=torch.float64, requires_grad=True)
+    per_frame = tracks.valid.sum(0).mean()
+    unit = torch.as_tensor(np.sqrt(per_frame / tracks.valid.sum(1)), dtype=torch.float64)[:, None]
+    pts = torch.tensor((canonical - pivot) / extent / unit.numpy(), dtype=torch.float64,
+                       requires_grad=True)
     zero = torch.zeros(1, 3, dtype=torch.float64)
 
     def residuals() -> torch.Tensor:
         rots = _rotmats(torch.cat([zero, rv]))[fi]
-        world = torch.einsum("mij,mj->mi", rots, pts[ti] - piv) + piv + torch.cat([zero, off])[fi]
+        local = (pts * unit)[ti]
+        world = (torch.einsum("mij,mj->mi", rots, local) + torch.cat([zero, off])[fi]) * extent + piv
         return (_project(world, vm, k) - target).norm(dim=1)
 
     opt = torch.optim.LBFGS([rv, off, pts], lr=1, max_iter=iterations,
@@ -219,4 +231,4 @@ def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
     with torch.no_grad():
         residual = float(residuals().median())
     return (np.concatenate([np.zeros((1, 3)), rv.detach().numpy()]),
-            np.concatenate([np.zeros((1, 3)), off.detach().numpy()]), residual)
+            np.concatenate([np.zeros((1, 3)), off.detach().numpy() * extent]), residual)
