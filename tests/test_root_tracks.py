@@ -130,3 +130,20 @@ def test_depth_gauge_pulls_the_reference_frame_toward_the_init_centre(tmp_path):
         trainer.model.warp.root.offsets[0] -= (start - centre) * axis
     _, terms, _ = trainer.compute_losses(frames, trainer.config.coarse, 0.0)
     assert terms["depth_gauge"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fit_cli_root_from_tracks_flag(tmp_path):
+    import json
+
+    from recon4d.cli.main import main
+    from recon4d.model import load_run
+
+    scene = make_scene("rigid", tmp_path / "rigid", resolution=64, frames=8)
+    out = tmp_path / "run"
+    assert main(["fit", str(scene), "--out", str(out), "--preset", "test", "--steps", "1",
+                 "--root-from-tracks", "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["model"]["root_init"] == "tracks"
+    assert any("root_init" in r for r in RunDir(out).read_metrics_log())
+    turns = np.degrees(load_run(out).warp.root.rotvecs.detach().norm(dim=1).numpy())
+    assert turns[-1] > 10

@@ -46,6 +46,10 @@ class Config:
     """Weight of the mirror-symmetry term (0 = off, the default; try 1): fills in the side a
     fixed camera never sees from the side it sees, for mirror-symmetric subjects of clips
     ingested with --depth (docs/fit.md). Sets it in both stages."""
+    root_from_tracks: bool = False
+    """Start the root poses at the object's rigid motion estimated from point tracks (fixed
+    camera): for subjects that turn far, e.g. a tumbling object (docs/fit.md, Session 17).
+    Costs about 10-60 s before the fit."""
     detail: Optional[float] = None
     """How many times the preset's steps and surfels may grow for frames larger than 128x128
     (default 2; 3: sharper fits of rigid subjects at 256x256 for about twice the time)."""
@@ -109,6 +113,8 @@ def run(config: Config) -> int:
             raise UserError(f"--time-budget must be a positive number of minutes, got "
                             f"{config.time_budget}")
         overrides["time_budget_s"] = 60.0 * config.time_budget
+    if config.root_from_tracks:
+        overrides["model.root_init"] = "tracks"
     if config.symmetry is not None:
         if not (math.isfinite(config.symmetry) and config.symmetry >= 0):
             raise UserError(f"--symmetry must be 0 or more, got {config.symmetry}")
