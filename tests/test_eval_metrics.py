@@ -111,6 +111,24 @@ def test_concentric_spheres_give_the_radius_gap():
     assert m["precision"] == 0.0 and m["recall"] == 0.0  # 0.05 > 1% of 1.73
 
 
+def test_depth_scaled_chamfer_takes_out_a_scaling_about_the_camera_only():
+    v, f = _sphere(0.5)
+    points, _ = geometry.sample_surface(v + [0, 0, 3.0], f, 20_000, 1)
+    camera = np.zeros(3)
+    diag = np.sqrt(3.0)
+    # Larger and farther by 10 % about the camera: invisible from it, far in plain Chamfer.
+    scaled = camera + (points - camera) * 1.1
+    plain = geometry.compare_point_sets(scaled, None, points, None, diag)["chamfer_l1"]
+    fixed, scale = geometry.depth_scaled_chamfer(scaled, points, camera, diag)
+    assert plain > 0.05 and fixed < 1e-3
+    assert scale == pytest.approx(1 / 1.1, abs=0.005)
+    # A change of shape stays: a sphere 10 % wider about its own centre keeps most of its error.
+    wider = (points - [0, 0, 3.0]) * 1.1 + [0, 0, 3.0]
+    plain = geometry.compare_point_sets(wider, None, points, None, diag)["chamfer_l1"]
+    fixed, _ = geometry.depth_scaled_chamfer(wider, points, camera, diag)
+    assert fixed > 0.5 * plain > 0.005
+
+
 def test_sample_surface_is_area_uniform_and_on_the_surface():
     v, f = _square(n=4, size=2.0)
     pts, nrm = geometry.sample_surface(v, f, 50_000, seed=0)

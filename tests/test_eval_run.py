@@ -234,6 +234,26 @@ def test_a_shifted_reconstruction_scores_worse_by_the_known_amount(scene_run, ex
     assert r["summary"]["psnr_heldout"] < exact_result["summary"]["psnr_heldout"] - 2.0
 
 
+def test_a_scaling_about_the_fixed_camera_is_reported_apart_from_the_shape(scene_run,
+                                                                            exact_result):
+    """Larger and farther about the input camera: Chamfer sees it, the depth-scaled Chamfer
+    (the fixed camera's depth-scale gauge taken out) does not, and names the scale."""
+    scene_dir, run = scene_run
+    viewmat = load_dataset(scene_dir).cameras.viewmats[0]
+    centre = -viewmat[:3, :3].T @ viewmat[:3, 3]
+    scale = np.eye(4)
+    scale[:3, :3] *= 1.08
+    scale[:3, 3] = centre - 1.08 * centre
+    r = _evaluate(run, _double(scene_dir, displace=scale), plot=False)
+    geo = r["geometry"]
+    assert geo["chamfer_l1_mean"] > 0.02
+    assert geo["chamfer_l1_depth_scaled_mean"] < 0.003
+    assert geo["depth_scale_mean"] == pytest.approx(1 / 1.08, abs=0.005)
+    assert r["summary"]["chamfer_l1_depth_scaled"] == pytest.approx(geo["chamfer_l1_depth_scaled_mean"])
+    assert max(exact_result["geometry"]["chamfer_l1_depth_scaled"]) < 1e-4
+    assert exact_result["geometry"]["depth_scale"] == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
 def test_a_change_of_world_frame_is_aligned_through_the_cameras(scene_run, exact_result):
     # Moving scene AND cameras by the same rigid transform changes nothing observable.
     from recon4d.scenes.animate import rigid, rotation

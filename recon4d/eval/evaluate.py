@@ -328,6 +328,11 @@ def _geometry(gt, scene, times, fit_viewmats, frames, opts, frame_mesh_fn, track
     out: dict[str, Any] = {"frames": list(frames), **{k: [] for k in keys}, "faces": []}
     if not frames:
         return out
+    # One fixed input camera leaves the depth-scale gauge open: also score the shape with it
+    # taken out (the scaling about the camera that fits best).
+    fixed_camera = len(gt.viewmats) > 0 and bool(np.allclose(gt.viewmats, gt.viewmats[:1], atol=1e-6))
+    if fixed_camera:
+        out.update(chamfer_l1_depth_scaled=[], depth_scale=[])
     if frame_mesh_fn is None:
         try:
             frame_mesh_fn = default_frame_mesh_fn(**opts.mesh_kwargs)
@@ -342,9 +347,25 @@ def _geometry(gt, scene, times, fit_viewmats, frames, opts, frame_mesh_fn, track
         for k in keys:
             out[k].append(_finite(m[k]))
         out["faces"].append(int(len(mesh.faces)))
+        if fixed_camera:
+            scaled, scale = _depth_scaled(verts, np.asarray(mesh.faces), gt, f, opts)
+            out["chamfer_l1_depth_scaled"].append(_finite(scaled))
+            out["depth_scale"].append(scale)
     for k in keys:
         out[f"{k}_mean"] = _mean(out[k])
+    if fixed_camera:
+        out["chamfer_l1_depth_scaled_mean"] = _mean(out["chamfer_l1_depth_scaled"])
+        out["depth_scale_mean"] = _mean(out["depth_scale"])
     return out
+
+
+def _depth_scaled(verts, faces, gt, f, opts) -> tuple[float, float]:
+    """:func:`geometry.depth_scaled_chamfer` of frame f's mesh about the input camera."""
+    viewmat = gt.viewmats[f]
+    pred, _ = geometry.sample_surface(verts, faces, opts.samples, f)
+    truth, _ = geometry.sample_surface(gt.vertices[f], gt.faces, opts.samples, f)
+    return geometry.depth_scaled_chamfer(pred, truth, -viewmat[:3, :3].T @ viewmat[:3, 3],
+                                         gt.frame_bbox_diagonal(f), seed=f)
 
 
 def _animated(gt, scene, times, fit_viewmats, frames, opts, animated_fn, warn) -> dict:
@@ -399,6 +420,9 @@ def _summary(result: dict) -> dict:
         s["focal_ratio"] = result["cameras"]["focal_ratio_mean"]
     geo = result.get("geometry", {})
     for k in ("chamfer_l1", "normal_consistency", "fscore"):
+        if geo.get(f"{k}_mean") is not None:
+            s[k] = geo[f"{k}_mean"]
+    for k in ("chamfer_l1_depth_scaled", "depth_scale"):
         if geo.get(f"{k}_mean") is not None:
             s[k] = geo[f"{k}_mean"]
     if result.get("animated", {}).get("chamfer_l1_mean") is not None:

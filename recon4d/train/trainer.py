@@ -28,12 +28,12 @@ from torch import Tensor
 
 from recon4d.data.dataset import Dataset
 from recon4d.data.depth import inner_masks
+from recon4d.data.tracks import point_tracks
 from recon4d.errors import Interrupted, UserError
 from recon4d.losses import geometry, motion, photometric, priors
 from recon4d.losses.robust import FrameWeights
 from recon4d.losses.schedule import weights_at
 from recon4d.model.canonical import CanonicalSurfels
-from recon4d.data.tracks import point_tracks
 from recon4d.model.init import (cameras_fixed, init_from_masks, kmeans_bones, object_depth,
                                 to_torch)
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
