@@ -39,6 +39,7 @@ COLUMNS = [  # (header, key in the row, format)
     ("PSNR held-out", "psnr_heldout", "{:.2f}"), ("SSIM held-out", "ssim_heldout", "{:.3f}"),
     ("held-out by flow interp.", "psnr_heldout_interp_baseline", "{:.2f}"),
     ("PSNR novel", "psnr_novel", "{:.2f}"), ("Chamfer-L1 %diag", "chamfer_pct", "{:.2f}"),
+    ("Chamfer depth-scaled %diag", "chamfer_depth_scaled_pct", "{:.2f}"),
     ("Chamfer anim. %diag", "chamfer_animated_pct", "{:.2f}"),
     ("normal cons.", "normal_consistency", "{:.3f}"), ("F-score@1%", "fscore", "{:.3f}"),
     ("jitter / GT", "jitter_ratio", "{:.2f}"), ("status", "status", "{}"),
@@ -186,7 +187,8 @@ def run_item(item: dict, args, work: Path, overrides: dict) -> dict:
         row.update({k: s.get(k) for k in ("psnr_heldout", "ssim_heldout", "psnr_heldout_interp_baseline",
                                           "psnr_novel", "ssim_novel",
                                           "normal_consistency", "fscore", "jitter", "jitter_gt")})
-        for key, name in (("chamfer_l1", "chamfer_pct"), ("chamfer_l1_animated", "chamfer_animated_pct")):
+        for key, name in (("chamfer_l1", "chamfer_pct"), ("chamfer_l1_animated", "chamfer_animated_pct"),
+                          ("chamfer_l1_depth_scaled", "chamfer_depth_scaled_pct")):
             row[name] = None if s.get(key) is None else 100.0 * s[key]
         if s.get("jitter") is not None and s.get("jitter_gt"):
             row["jitter_ratio"] = s["jitter"] / s["jitter_gt"]
