@@ -292,7 +292,8 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path) -> None:
         "",
         "PSNR/SSIM over white on held-out frames (index % 4 == 2) and, for synthetic scenes, from "
         "held-out cameras; Chamfer-L1 between surface samples in % of the ground-truth bbox "
-        "diagonal (per-frame TSDF meshes; animated = the fixed-topology mesh); F-score at 1% of "
+        "diagonal (per-frame TSDF meshes; animated = the fixed-topology mesh; depth-scaled = after "
+        "the best scaling about a fixed input camera, which that camera cannot see); F-score at 1% of "
         "the diagonal; jitter / GT = vertex acceleration of the animated mesh over the ground "
         "truth's (docs/scenes_eval.md).",
         "",
