@@ -49,7 +49,7 @@ class Config:
     root_from_tracks: bool = False
     """Start the root poses at the object's rigid motion estimated from point tracks (fixed
     camera): for subjects that turn far, e.g. a tumbling object (docs/fit.md, Session 17).
-    Costs about 10-60 s before the fit."""
+    Costs a few seconds before the fit (2-9 s on the shared clips at 256x256)."""
     detail: Optional[float] = None
     """How many times the preset's steps and surfels may grow for frames larger than 128x128
     (default 2; 3: sharper fits of rigid subjects at 256x256 for about twice the time)."""
