@@ -86,6 +86,7 @@ def run(config: Config) -> int:
     labels = {"psnr_heldout": "held-out PSNR (dB)", "ssim_heldout": "held-out SSIM",
               "psnr_heldout_interp_baseline": "held-out, flow interp.",
               "psnr_novel": "novel-view PSNR (dB)", "chamfer_l1": "Chamfer-L1 (/ diag)",
+              "chamfer_l1_depth_scaled": "Chamfer, depth-scaled",
               "normal_consistency": "normal consistency", "fscore": "F-score @1% diag"}
     for key, label in labels.items():
         if metrics.get(key) is not None:
