@@ -330,7 +330,8 @@ def _geometry(gt, scene, times, fit_viewmats, frames, opts, frame_mesh_fn, track
         return out
     # One fixed input camera leaves the depth-scale gauge open: also score the shape with it
     # taken out (the scaling about the camera that fits best).
-    fixed_camera = len(gt.viewmats) > 0 and bool(np.allclose(gt.viewmats, gt.viewmats[:1], atol=1e-6))
+    fixed_camera = len(gt.viewmats) > 0 and bool(np.allclose(gt.viewmats, gt.viewmats[:1],
+                                                             atol=1e-6))
     if fixed_camera:
         out.update(chamfer_l1_depth_scaled=[], depth_scale=[])
     if frame_mesh_fn is None:

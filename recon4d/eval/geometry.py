@@ -131,13 +131,18 @@ def depth_scaled_chamfer(pred_points: np.ndarray, gt_points: np.ndarray, camera_
     centre = np.asarray(camera_centre, np.float64)
 
     def subset(points: np.ndarray) -> np.ndarray:
-        return points if len(points) <= search_points else points[rng.choice(len(points), search_points, replace=False)]
+        if len(points) <= search_points:
+            return points
+        return points[rng.choice(len(points), search_points, replace=False)]
 
     def score(pred: np.ndarray, truth: np.ndarray, truth_tree, scale: float) -> float:
         scaled = centre + (pred - centre) * scale
-        return 0.5 * (truth_tree.query(scaled)[0].mean() + cKDTree(scaled).query(truth)[0].mean()) / diag
+        accuracy = truth_tree.query(scaled)[0].mean()
+        completeness = cKDTree(scaled).query(truth)[0].mean()
+        return 0.5 * (accuracy + completeness) / diag
 
-    pred_s, gt_s = subset(np.asarray(pred_points, np.float64)), subset(np.asarray(gt_points, np.float64))
+    pred_all, gt_all = np.asarray(pred_points, np.float64), np.asarray(gt_points, np.float64)
+    pred_s, gt_s = subset(pred_all), subset(gt_all)
     tree_s = cKDTree(gt_s)
     scales = np.arange(low, high + step / 2, step)
     best = float(scales[int(np.argmin([score(pred_s, gt_s, tree_s, s) for s in scales]))])
@@ -150,8 +155,7 @@ def depth_scaled_chamfer(pred_points: np.ndarray, gt_points: np.ndarray, camera_
         else:
             lo = a
     best = 0.5 * (lo + hi)
-    full = np.asarray(gt_points, np.float64)
-    return float(score(np.asarray(pred_points, np.float64), full, cKDTree(full), best)), best
+    return float(score(pred_all, gt_all, cKDTree(gt_all), best)), best
 
 
 def temporal_jitter(vertices: np.ndarray, diag: float) -> dict:

@@ -392,7 +392,8 @@ class Trainer:
         if weights.get("between", 0) > 0 and len(self.train_frames) >= 2:
             terms["between"] = self._between_term() / self.extent ** 2
         if weights.get("depth_gauge", 0) > 0 and self._gauge_depth is not None:
-            terms["depth_gauge"] = (self._reference_depth() - self._gauge_depth) ** 2 / self.extent ** 2
+            drift = self._reference_depth() - self._gauge_depth
+            terms["depth_gauge"] = drift ** 2 / self.extent ** 2
         if weights.get("root_smooth", 0) > 0:
             root = model.warp.root
             terms["root_smooth"] = (motion.keyframe_smoothness(root.rotvecs)
