@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recon4d.utils import console
+from recon4d.data.flow import dis_flow
 
 
 @dataclass
@@ -67,18 +67,13 @@ def point_tracks(frames: np.ndarray, masks: np.ndarray, stride: int = 4,
     Returns:
         :class:`PointTracks` with tracks seen in at least ``min_length`` frames.
     """
-    import cv2
-
-    from recon4d.data.flow import _dis
-
     count, height, width = masks.shape
     if count < 2:
         raise ValueError("point_tracks needs at least two frames")
     if frames.dtype != np.uint8:
         frames = (np.clip(frames, 0, 1) * 255 + 0.5).astype(np.uint8)
-    grey = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    forward, backward = dis_flow(frames, preset)                # (F-1, H, W, 2) each
     inside = masks > 0.5
-    dis = _dis(preset)
     gy, gx = np.mgrid[stride // 2:height:stride, stride // 2:width:stride]
     grid = np.stack([gx.ravel(), gy.ravel()], 1)                # (G, 2) integer pixels
     cells = (height + stride - 1) // stride, (width + stride - 1) // stride
@@ -98,23 +93,20 @@ def point_tracks(frames: np.ndarray, masks: np.ndarray, stride: int = 4,
         return np.arange(total, total + int(free.sum())), grid[free] + 0.5
 
     rows: list[tuple[int, np.ndarray, np.ndarray]] = []          # (frame, ids, uv)
-    for k in console.track(range(count), description="point tracks"):
-        if k > 0:
-            forward = dis.calc(grey[k - 1], grey[k], None)
-            backward = dis.calc(grey[k], grey[k - 1], None)
-            if len(live_uv):
-                moved = live_uv + sample_bilinear(forward, live_uv)
-                back = moved + sample_bilinear(backward, moved)
-                px = np.floor(moved).astype(int)
-                keep = ((np.linalg.norm(back - live_uv, axis=1) < tolerance_px)
-                        & (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height))
-                keep[keep] = inside[k][px[keep, 1], px[keep, 0]]
-                live_ids, live_uv = live_ids[keep], moved[keep]
+    for k in range(count):  # the flow above carries the progress display
+        if k > 0 and len(live_uv):
+            moved = live_uv + sample_bilinear(forward[k - 1], live_uv)
+            back = moved + sample_bilinear(backward[k - 1], moved)
+            px = np.floor(moved).astype(int)
+            keep = ((np.linalg.norm(back - live_uv, axis=1) < tolerance_px)
+                    & (px[:, 0] >= 0) & (px[:, 0] < width) & (px[:, 1] >= 0) & (px[:, 1] < height))
+            keep[keep] = inside[k][px[keep, 1], px[keep, 0]]
+            live_ids, live_uv = live_ids[keep], moved[keep]
         new_ids, new_uv = start_tracks(k)
         total += len(new_ids)
         live_ids = np.concatenate([live_ids, new_ids])
         live_uv = np.concatenate([live_uv, new_uv])
-        rows.append((k, live_ids.copy(), live_uv.copy()))
+        rows.append((k, live_ids, live_uv))  # never modified in place: new arrays each frame
 
     uv = np.full((total, count, 2), np.nan)
     valid = np.zeros((total, count), bool)

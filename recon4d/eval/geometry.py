@@ -90,17 +90,23 @@ def compare_point_sets(pred_points: np.ndarray, pred_normals: np.ndarray | None,
 
 def compare_meshes(pred_vertices: np.ndarray, pred_faces: np.ndarray, gt_vertices: np.ndarray,
                    gt_faces: np.ndarray, diag: float | None = None, samples: int = 100_000,
-                   threshold: float = 0.01, seed: int = 0) -> dict:
+                   threshold: float = 0.01, seed: int = 0,
+                   camera_centre: np.ndarray | None = None) -> dict:
     """:func:`compare_point_sets` on ``samples`` area-uniform points of each mesh.
 
     ``diag`` defaults to the ground-truth mesh's bounding-box diagonal. Both meshes are sampled
     with the same ``seed``, so identical meshes give identical samples: Chamfer 0, F-score 1.
+    With ``camera_centre`` (3,) the same samples also give ``chamfer_l1_depth_scaled`` and
+    ``depth_scale`` (:func:`depth_scaled_chamfer`).
     """
     diag = bbox_diagonal(gt_vertices) if diag is None else float(diag)
     pp, pn = sample_surface(pred_vertices, pred_faces, samples, seed)
     gp, gn = sample_surface(gt_vertices, gt_faces, samples, seed)
     out = compare_point_sets(pp, pn, gp, gn, diag, threshold)
     out["diag"] = diag
+    if camera_centre is not None:
+        out["chamfer_l1_depth_scaled"], out["depth_scale"] = depth_scaled_chamfer(
+            pp, gp, camera_centre, diag, seed=seed)
     return out
 
 

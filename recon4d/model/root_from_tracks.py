@@ -25,6 +25,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from recon4d.data.tracks import PointTracks
+from recon4d.model.init import project_points
 from recon4d.model.rotations import axis_angle_to_quat, quat_to_rotmat
 from recon4d.utils import console
 
@@ -63,8 +64,9 @@ def _project(points: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor) -> 
     return cam[:, :2] / z * torch.stack([Ks[:, 0, 0], Ks[:, 1, 1]], 1) + Ks[:, :2, 2]
 
 
-def _huber(residual: torch.Tensor, delta_px: float = 1.0) -> torch.Tensor:
-    return torch.where(residual < delta_px, 0.5 * residual ** 2, delta_px * (residual - 0.5 * delta_px))
+def _robust(residual_px: torch.Tensor) -> torch.Tensor:
+    """Mean Huber loss of pixel errors (quadratic under 1 px, linear beyond: flow outliers)."""
+    return torch.nn.functional.huber_loss(residual_px, torch.zeros_like(residual_px), delta=1.0)
 
 
 def _pose_points(points: np.ndarray, rotvec: np.ndarray, offset: np.ndarray,
@@ -86,9 +88,7 @@ def surface_depth(pixels: np.ndarray, points: np.ndarray, normals: np.ndarray,
     Returns:
         (M,) depth: the mean depth of the 4 nearest visible samples in the image.
     """
-    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
-    z = np.maximum(cam[:, 2], 1e-6)
-    uv = cam[:, :2] / z[:, None] * np.diag(K)[:2] + K[:2, 2]
+    uv, z = project_points(points, viewmat, K)
     centre = -viewmat[:3, :3].T @ viewmat[:3, 3]
     facing = ((centre - points) * normals).sum(1) > 0
     block = np.clip(np.floor(uv / 2).astype(int), 0, [(width - 1) // 2, (height - 1) // 2])
@@ -123,7 +123,7 @@ def _fit_pose(canonical: np.ndarray, pixels: np.ndarray, viewmat: np.ndarray, K:
     def closure():
         opt.zero_grad()
         world = (pts - piv) @ _rotmats(rv).T + piv + off
-        loss = _huber((_project(world, vm, k) - target).norm(dim=1)).mean()
+        loss = _robust((_project(world, vm, k) - target).norm(dim=1))
         loss.backward()
         return loss
 
@@ -168,18 +168,22 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
         lifted = _lift(tracks.uv[which, k], depth, viewmats[k], Ks[k])
         return (lifted - offsets[k] - pivot) @ rot + pivot
 
+    lifted = np.zeros((tracks.num_tracks, 3))   # each track lifted at the last frame it was seen
     for k in console.track(range(count), description="root poses from tracks"):
         if k > 0:
             both = np.nonzero(tracks.valid[:, k - 1] & tracks.valid[:, k])[0]
             if len(both) >= 6:
-                rotvecs[k], offsets[k] = _fit_pose(lift_tracks(k - 1, both), tracks.uv[both, k],
+                rotvecs[k], offsets[k] = _fit_pose(lifted[both], tracks.uv[both, k],
                                                    viewmats[k], Ks[k], pivot, rotvecs[k - 1],
                                                    offsets[k - 1], iterations=60)
             else:
                 rotvecs[k], offsets[k] = rotvecs[k - 1], offsets[k - 1]
+        # One lift per frame serves both the tracks starting here and the next frame's pose.
+        seen = np.nonzero(tracks.valid[:, k])[0]
+        if len(seen):
+            lifted[seen] = lift_tracks(k, seen)
         starting = np.nonzero(first == k)[0]
-        if len(starting):
-            canonical[starting] = lift_tracks(k, starting)
+        canonical[starting] = lifted[starting]
     rotvecs, offsets, residual = _bundle_adjust(tracks, viewmats, Ks, canonical, pivot,
                                                 rotvecs, offsets, extent, iterations)
     return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations)
@@ -205,10 +209,10 @@ def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
     piv = torch.as_tensor(pivot, dtype=torch.float64)
     rv = torch.tensor(rotvecs[1:], dtype=torch.float64, requires_grad=True)
     off = torch.tensor(offsets[1:] / extent, dtype=torch.float64, requires_grad=True)
-    per_frame = tracks.valid.sum(0).mean()
-    unit = torch.as_tensor(np.sqrt(per_frame / tracks.valid.sum(1)), dtype=torch.float64)[:, None]
-    pts = torch.tensor((canonical - pivot) / extent / unit.numpy(), dtype=torch.float64,
+    unit = np.sqrt(tracks.valid.sum(0).mean() / tracks.valid.sum(1))[:, None]   # (T, 1)
+    pts = torch.tensor((canonical - pivot) / extent / unit, dtype=torch.float64,
                        requires_grad=True)
+    unit = torch.as_tensor(unit, dtype=torch.float64)
     zero = torch.zeros(1, 3, dtype=torch.float64)
 
     def residuals() -> torch.Tensor:
@@ -222,7 +226,7 @@ def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
 
     def closure():
         opt.zero_grad()
-        loss = _huber(residuals()).mean()
+        loss = _robust(residuals())
         loss.backward()
         return loss
 
