@@ -69,6 +69,9 @@ class Skeleton:
     """Amplitude (units) of a vertical bob at twice the gait frequency."""
     root_sway: float = 0.0
     """Amplitude (units) of a side-to-side shift along model x."""
+    root_spin: float = 0.0
+    """Angle (radians) the whole body turns about the model y axis from t = 0 to t = 1, at a
+    steady rate: an object on a turntable in front of a fixed camera."""
     sharpness: float = 4.0
     """Skinning falloff: weights ~ exp(-sharpness * (distance / radius)^2) per bone."""
 
@@ -87,7 +90,8 @@ class Skeleton:
             angle = b.amplitude * np.sin(2 * np.pi * (b.cycles * t + b.phase))
             local = rigid(rotation(b.axis, angle), b.joint - rotation(b.axis, angle) @ b.joint)
             out[i] = local if b.parent < 0 else out[b.parent] @ local
-        root = rigid(rotation([0, 1, 0], self.root_yaw * np.sin(2 * np.pi * t)),
+        yaw = self.root_yaw * np.sin(2 * np.pi * t) + self.root_spin * t
+        root = rigid(rotation([0, 1, 0], yaw),
                      [self.root_sway * np.sin(2 * np.pi * t),
                       self.root_bob * np.sin(4 * np.pi * t), 0.0])
         return root[None] @ out

@@ -48,7 +48,8 @@ def build_creature(defn: dict, rng: np.random.Generator) -> SceneGeometry:
     """A four-legged critter (body, neck, head, legs, tail) skinned to 8 bones: a walk cycle.
 
     One closed surface from a smooth union of ellipsoids and capsules; legs swing about the hips
-    in diagonal pairs, the head nods, the tail wags, the body bobs and turns a little.
+    in diagonal pairs, the head nods, the tail wags, the body bobs and turns a little (and, with
+    ``motion.spin_deg``, turns steadily as on a turntable).
     """
     motion = defn.get("motion", {})
     leg_r = float(defn.get("leg_radius", 0.07))
@@ -83,7 +84,8 @@ def build_creature(defn: dict, rng: np.random.Generator) -> SceneGeometry:
                               np.radians(float(motion.get("tail_wag_deg", 30.0))), 0.0, 2.0))
     skeleton = animate.Skeleton(
         bones, root_yaw=np.radians(float(motion.get("turn_deg", 12.0))),
-        root_bob=float(motion.get("bob", 0.03)), root_sway=float(motion.get("sway", 0.0)))
+        root_bob=float(motion.get("bob", 0.03)), root_sway=float(motion.get("sway", 0.0)),
+        root_spin=np.radians(float(motion.get("spin_deg", 0.0))))
     weights = skeleton.weights(rest)
     # Face the camera three-quarters on so the legs' swing is visible.
     facing = animate.rotation([0, 1, 0], np.radians(float(defn.get("facing_deg", -35.0))))

@@ -13,7 +13,7 @@ from recon4d.cli.main import main
 from recon4d.data.dataset import load_dataset
 from recon4d.scenes import list_scenes, load_ground_truth, make_scene
 
-SYNTHETIC = ["default", "creature", "creature_orbit", "blob", "orbit", "rigid"]
+SYNTHETIC = ["default", "creature", "creature_orbit", "creature_turntable", "blob", "orbit", "rigid"]
 SIZE, FRAMES = 64, 5
 
 

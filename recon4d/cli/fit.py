@@ -46,10 +46,13 @@ class Config:
     """Weight of the mirror-symmetry term (0 = off, the default; try 1): fills in the side a
     fixed camera never sees from the side it sees, for mirror-symmetric subjects of clips
     ingested with --depth (docs/fit.md). Sets it in both stages."""
+    root_init: Optional[Literal["auto", "tracks", "identity"]] = None
+    """Where the root poses start. 'auto' (default): on a fixed camera, at the object's rigid
+    motion estimated from point tracks when that turns 45 degrees or more (a tumbling object,
+    a turntable; docs/fit.md, Sessions 17-18), else at rest; costs 3-6 s before the fit on the
+    shared clips at 256x256. 'tracks': always from the tracks. 'identity': at rest."""
     root_from_tracks: bool = False
-    """Start the root poses at the object's rigid motion estimated from point tracks (fixed
-    camera): for subjects that turn far, e.g. a tumbling object (docs/fit.md, Session 17).
-    Costs a few seconds before the fit (2-9 s on the shared clips at 256x256)."""
+    """Same as --root-init tracks."""
     detail: Optional[float] = None
     """How many times the preset's steps and surfels may grow for frames larger than 128x128
     (default 2; 3: sharper fits of rigid subjects at 256x256 for about twice the time)."""
@@ -113,6 +116,10 @@ def run(config: Config) -> int:
             raise UserError(f"--time-budget must be a positive number of minutes, got "
                             f"{config.time_budget}")
         overrides["time_budget_s"] = 60.0 * config.time_budget
+    if config.root_from_tracks and config.root_init not in (None, "tracks"):
+        raise UserError(f"--root-from-tracks contradicts --root-init {config.root_init}: pass one")
+    if config.root_init is not None:
+        overrides["model.root_init"] = config.root_init
     if config.root_from_tracks:
         overrides["model.root_init"] = "tracks"
     if config.symmetry is not None:

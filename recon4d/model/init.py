@@ -122,7 +122,8 @@ def inflation_half_thickness(mask: np.ndarray, profile: str = "round") -> np.nda
 def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
                     num_surfels: int, reference: int = 0, grid: int = 64,
                     depth_hint: float = 2.7, seed: int = 0,
-                    profile: str = "round") -> InitResult:
+                    profile: str = "round", object_poses: np.ndarray | None = None,
+                    hull_margin: float = 1.0) -> InitResult:
     """Initial surfels from the masks of the given frames.
 
     Args:
@@ -133,6 +134,13 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
         grid: voxels along the longest side of the object's box.
         profile: the fixed-camera inflation's cross-section, "round" or "linear"
             (:func:`inflation_half_thickness`).
+        object_poses: (F, 4, 4) the object's rigid motion per frame (canonical -> world, the
+            reference frame's the identity), e.g. root poses from point tracks. When given, the
+            object's turning is what shows it from other sides: the volume is a visual hull
+            carved through every frame's camera moved with the object (viewmat @ pose), as for
+            moving cameras, instead of the reference silhouette inflated.
+        hull_margin: the carved box's size over the reference silhouette's (an object can be
+            deeper than it is wide in the reference frame).
     Raises:
         UserError: when the reference mask is empty (nothing to reconstruct).
     """
@@ -150,7 +158,7 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     fx, fy, cx, cy = K0[0, 0], K0[1, 1], K0[0, 2], K0[1, 2]
     centre_cam = np.array([((u0 + u1) / 2 - cx) / fx * depth, ((v0 + v1) / 2 - cy) / fy * depth, depth])
     half = np.array([(u1 - u0) / 2 / fx * depth, (v1 - v0) / 2 / fy * depth])
-    extent = float(max(half.max(), 1e-3)) * 1.15
+    extent = float(max(half.max(), 1e-3)) * 1.15 * (hull_margin if object_poses is not None else 1.0)
     cam2world = np.linalg.inv(view0)
     centre = cam2world[:3, :3] @ centre_cam + cam2world[:3, 3]
 
@@ -161,18 +169,17 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     # The grid is axis-aligned with the reference camera so the inflation is per pixel column.
     points = local @ cam2world[:3, :3].T + centre
 
-    if cameras_fixed(viewmats, Ks):
+    if object_poses is not None:
+        occupied = _hull(points, np.einsum("fij,fjk->fik", viewmats.astype(np.float64),
+                                           np.asarray(object_poses, np.float64)), Ks, masks)
+    elif cameras_fixed(viewmats, Ks):
         uv, z = project_points(points, view0, K0)
         inside = sample_nearest(mask0.astype(np.float32), uv) > 0.5
         # Half-thickness from the silhouette's shape (pixels -> scene units).
         thickness = sample_nearest(inflation_half_thickness(mask0, profile), uv) * z / fx
         occupied = inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
     else:
-        votes = np.zeros(points.shape[0], np.float32)
-        for view, K, mask in zip(viewmats, Ks, masks):
-            uv, z = project_points(points, view.astype(np.float64), K.astype(np.float64))
-            votes += (sample_nearest((mask > 0.5).astype(np.float32), uv) > 0.5) & (z > 1e-3)
-        occupied = votes >= max(1.0, 0.85 * len(masks))
+        occupied = _hull(points, viewmats, Ks, masks)
     occ = occupied.reshape(grid, grid, grid)
     if occ.sum() < 8:
         raise UserError("the masks leave no common volume for the object (visual hull is empty): "
@@ -205,6 +212,16 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     occ_pts = occ_pts @ cam2world[:3, :3].T + centre
     return InitResult(pts.astype(np.float32), nrm.astype(np.float32), colors.astype(np.float32),
                       scale, occ_pts.astype(np.float32), centre.astype(np.float32), extent)
+
+
+def _hull(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """(V,) which of the (V, 3) points project inside the mask in at least 85 % of the views
+    (a few views' mask errors or moving limbs do not carve the body away)."""
+    votes = np.zeros(points.shape[0], np.float32)
+    for view, K, mask in zip(viewmats, Ks, masks):
+        uv, z = project_points(points, view.astype(np.float64), K.astype(np.float64))
+        votes += (sample_nearest((mask > 0.5).astype(np.float32), uv) > 0.5) & (z > 1e-3)
+    return votes >= max(1.0, 0.85 * len(masks))
 
 
 def kmeans_bones(points: np.ndarray, num_bones: int, iters: int = 15, seed: int = 0

@@ -5,9 +5,11 @@ images alone. The surfels and the bones explain each frame's few degrees of turn
 pose does (docs/fit.md, Session 16: a 120-degree tumble ended with a 30-degree root). Tracks see
 the turn directly, so the root is estimated from them first, as rigid structure from motion:
 
-1. Chain: frame by frame, the tracks seen in frame k are lifted to 3D at the depth of the initial
-   surface posed at k, and frame k+1's pose is the rigid motion that best reprojects them onto
-   their positions in k+1 (robust Huber loss on pixel error).
+1. Chain: frame by frame, a track first seen in frame k is lifted to 3D at the depth of the
+   initial surface posed at k; frame k+1's pose is the rigid motion that best reprojects the
+   known points onto their positions in k+1 (robust Huber loss on pixel error), and then the
+   last few frames' poses and points are adjusted together, so that points on sides the
+   first frame never saw get their depth from parallax before the chain leans on them.
 2. Bundle adjustment: every track becomes one canonical 3D point, and all poses and points are
    refined together against every observation. Several frames fix what one pair cannot (depth
    against rotation); the first frame's pose stays the identity (the canonical frame).
@@ -29,6 +31,11 @@ from recon4d.model.init import project_points
 from recon4d.model.rotations import axis_angle_to_quat, quat_to_rotmat
 from recon4d.utils import console
 
+WINDOW_FRAMES = 5
+"""Frames in the chain's running bundle adjustment (the newest and the ones before it)."""
+WINDOW_ITERATIONS = 30
+WINDOW_POINTS = 300
+
 
 @dataclass
 class RootEstimate:
@@ -39,6 +46,7 @@ class RootEstimate:
         offsets: (F, 3) translations of the pivot (world units); offsets[0] = 0.
         residual_px: median reprojection error over all observations after adjustment.
         num_tracks, num_observations: the data the estimate rests on.
+        pivot: (3,) the point the rotations turn about.
     """
 
     rotvecs: np.ndarray
@@ -46,6 +54,33 @@ class RootEstimate:
     residual_px: float
     num_tracks: int
     num_observations: int
+    pivot: np.ndarray
+
+    def transforms(self) -> np.ndarray:
+        """(F, 4, 4) canonical-to-world rigid transforms, x -> R (x - pivot) + pivot + offset."""
+        rots = _rotmats(torch.as_tensor(self.rotvecs, dtype=torch.float64)).numpy()
+        out = np.tile(np.eye(4), (len(rots), 1, 1))
+        out[:, :3, :3] = rots
+        out[:, :3, 3] = self.pivot + self.offsets - rots @ self.pivot
+        return out
+
+    def offsets_about(self, pivot: np.ndarray) -> np.ndarray:
+        """(F, 3) the same poses' offsets written about another pivot."""
+        transforms = self.transforms()
+        pivot = np.asarray(pivot, np.float64)
+        return transforms[:, :3, :3] @ pivot + transforms[:, :3, 3] - pivot
+
+    def view_resultant(self, viewmats: np.ndarray, centre: np.ndarray) -> float:
+        """How one-sided the object is seen: the mean of the unit directions from ``centre``
+        (canonical frame) to each frame's camera, moved into the canonical frame by the
+        inverse pose; its length is 1 when every frame sees the same side and near 0 when the
+        object turns all the way round (a 120-degree sweep: 0.81, 180: 0.61, a full turn: about 0)."""
+        transforms = self.transforms()
+        cams = np.linalg.inv(np.asarray(viewmats, np.float64))[:, :3, 3]     # world centres
+        local = np.einsum("fji,fj->fi", transforms[:, :3, :3], cams - transforms[:, :3, 3])
+        directions = local - np.asarray(centre, np.float64)
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        return float(np.linalg.norm(directions.mean(0)))
 
     def turn_degrees(self) -> np.ndarray:
         """(F,) angle of each pose's rotation, degrees."""
@@ -110,7 +145,8 @@ def _lift(pixels: np.ndarray, depth: np.ndarray, viewmat: np.ndarray, K: np.ndar
 def _fit_pose(canonical: np.ndarray, pixels: np.ndarray, viewmat: np.ndarray, K: np.ndarray,
               pivot: np.ndarray, rotvec: np.ndarray, offset: np.ndarray,
               iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pose (rotvec, offset) reprojecting (M, 3) canonical points onto (M, 2) pixels."""
+    """The pose (rotvec, offset) reprojecting (M, 3) canonical points onto (M, 2) pixels,
+    searched from (rotvec, offset)."""
     rv = torch.tensor(rotvec, dtype=torch.float64, requires_grad=True)
     off = torch.tensor(offset, dtype=torch.float64, requires_grad=True)
     pts = torch.as_tensor(canonical, dtype=torch.float64)
@@ -134,7 +170,7 @@ def _fit_pose(canonical: np.ndarray, pixels: np.ndarray, viewmat: np.ndarray, K:
 def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
                         surface_points: np.ndarray, surface_normals: np.ndarray,
                         pivot: np.ndarray, extent: float, height: int, width: int,
-                        iterations: int = 400) -> RootEstimate:
+                        iterations: int = 400, times: np.ndarray | None = None) -> RootEstimate:
     """Rigid root poses of the tracked frames.
 
     Args:
@@ -145,6 +181,8 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
         pivot: (3,) the root poses' pivot; extent: object half-size (world units).
         height, width: the frames' size in pixels.
         iterations: L-BFGS iterations of the bundle adjustment.
+        times: (F,) the frames' times; each pose's search then starts from the motion of the
+            two frames before it carried on at the same speed (default: from the pose before).
 
     Returns:
         :class:`RootEstimate` for the F frames.
@@ -156,7 +194,6 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
     normals = np.asarray(surface_normals, np.float64)
     pivot = np.asarray(pivot, np.float64)
     band = 0.05 * extent
-    first = tracks.valid.argmax(1)
     canonical = np.zeros((tracks.num_tracks, 3))
     rotvecs, offsets = np.zeros((count, 3)), np.zeros((count, 3))
 
@@ -168,57 +205,87 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
         lifted = _lift(tracks.uv[which, k], depth, viewmats[k], Ks[k])
         return (lifted - offsets[k] - pivot) @ rot + pivot
 
-    lifted = np.zeros((tracks.num_tracks, 3))   # each track lifted at the last frame it was seen
+    known = np.zeros(tracks.num_tracks, bool)
     for k in console.track(range(count), description="root poses from tracks"):
         if k > 0:
-            both = np.nonzero(tracks.valid[:, k - 1] & tracks.valid[:, k])[0]
-            if len(both) >= 6:
-                rotvecs[k], offsets[k] = _fit_pose(lifted[both], tracks.uv[both, k],
-                                                   viewmats[k], Ks[k], pivot, rotvecs[k - 1],
-                                                   offsets[k - 1], iterations=60)
+            guess = _carry_on(rotvecs, offsets, times, k)
+            seen = np.nonzero(tracks.valid[:, k] & known)[0]
+            if len(seen) >= 6:
+                rotvecs[k], offsets[k] = _fit_pose(canonical[seen], tracks.uv[seen, k],
+                                                   viewmats[k], Ks[k], pivot, *guess,
+                                                   iterations=60)
             else:
-                rotvecs[k], offsets[k] = rotvecs[k - 1], offsets[k - 1]
-        # One lift per frame serves both the tracks starting here and the next frame's pose.
-        seen = np.nonzero(tracks.valid[:, k])[0]
-        if len(seen):
-            lifted[seen] = lift_tracks(k, seen)
-        starting = np.nonzero(first == k)[0]
-        canonical[starting] = lifted[starting]
-    rotvecs, offsets, residual = _bundle_adjust(tracks, viewmats, Ks, canonical, pivot,
-                                                rotvecs, offsets, extent, iterations)
-    return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations)
+                rotvecs[k], offsets[k] = guess
+        new = np.nonzero(tracks.valid[:, k] & ~known)[0]
+        if len(new):
+            canonical[new] = lift_tracks(k, new)
+            known[new] = True
+        if k > 0:
+            # The recent frames' poses and points refined together before the next frame is
+            # posed from them: a point lifted onto the init's guessed surface gets its depth
+            # from the parallax of a few frames, which keeps the chain on course where the
+            # object shows sides the first frame never saw (a turntable's half turn).
+            window = np.arange(max(0, k - WINDOW_FRAMES + 1), k + 1)
+            _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent, window,
+                    WINDOW_ITERATIONS, max_points=WINDOW_POINTS)
+    console.info(f"root poses: bundle adjustment of {tracks.num_observations} track observations")
+    residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
+                       np.arange(count), iterations)
+    return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations,
+                        pivot)
 
 
-def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
-                   canonical: np.ndarray, pivot: np.ndarray, rotvecs: np.ndarray,
-                   offsets: np.ndarray, extent: float,
-                   iterations: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Poses 1..F-1 and all track points refined together (pose 0 held at the identity).
+def _carry_on(rotvecs: np.ndarray, offsets: np.ndarray, times: np.ndarray | None,
+              k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pose k predicted from poses k-2 and k-1 at constant speed (rotation vectors and offsets
+    extrapolated linearly in time), or pose k-1 without times or a second earlier pose."""
+    if times is None or k < 2 or times[k - 1] <= times[k - 2]:
+        return rotvecs[k - 1].copy(), offsets[k - 1].copy()
+    ratio = (times[k] - times[k - 1]) / (times[k - 1] - times[k - 2])
+    return (rotvecs[k - 1] + ratio * (rotvecs[k - 1] - rotvecs[k - 2]),
+            offsets[k - 1] + ratio * (offsets[k - 1] - offsets[k - 2]))
+
+
+def _adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray, canonical: np.ndarray,
+            pivot: np.ndarray, rotvecs: np.ndarray, offsets: np.ndarray, extent: float,
+            frames: np.ndarray, iterations: int, max_points: int = 0) -> float:
+    """Bundle adjustment over ``frames`` (ascending; the first one's pose held): their poses
+    and the points seen at least twice among them are refined in place. Returns the median
+    reprojection error (px) afterwards, or NaN when too few points take part.
 
     Unknowns are scaled so that each one's curvature is about the same (a diagonal
     preconditioner): translations and points in units of the object's extent, and each point
     in a unit sqrt(frame observations / its observations) times larger, because a frame's pose
     is pulled by every track seen there and a point only by its own few frames. Unscaled,
-    L-BFGS spends most of its iterations on that imbalance.
+    L-BFGS spends most of its iterations on that imbalance. ``max_points`` > 0 keeps an evenly
+    spaced subset of the points (a window's refinement needs a few hundred, not thousands).
     """
-    track_index, frame_index = np.nonzero(tracks.valid)
-    target = torch.as_tensor(tracks.uv[track_index, frame_index], dtype=torch.float64)
-    ti, fi = torch.as_tensor(track_index), torch.as_tensor(frame_index)
-    vm = torch.as_tensor(viewmats, dtype=torch.float64)[fi]
-    k = torch.as_tensor(Ks, dtype=torch.float64)[fi]
+    valid = tracks.valid[:, frames]
+    points = np.nonzero(valid.sum(1) >= 2)[0]
+    if 0 < max_points < len(points):
+        points = points[np.linspace(0, len(points) - 1, max_points).round().astype(int)]
+    if len(points) < 6:
+        return float("nan")
+    point_index, frame_index = np.nonzero(valid[points])
+    target = torch.as_tensor(tracks.uv[points[point_index], frames[frame_index]], dtype=torch.float64)
+    ti, fi = torch.as_tensor(point_index), torch.as_tensor(frame_index)
+    vm = torch.as_tensor(viewmats[frames], dtype=torch.float64)[fi]
+    k = torch.as_tensor(Ks[frames], dtype=torch.float64)[fi]
     piv = torch.as_tensor(pivot, dtype=torch.float64)
-    rv = torch.tensor(rotvecs[1:], dtype=torch.float64, requires_grad=True)
-    off = torch.tensor(offsets[1:] / extent, dtype=torch.float64, requires_grad=True)
-    unit = np.sqrt(tracks.valid.sum(0).mean() / tracks.valid.sum(1))[:, None]   # (T, 1)
-    pts = torch.tensor((canonical - pivot) / extent / unit, dtype=torch.float64,
+    held_rv = torch.as_tensor(rotvecs[frames[:1]], dtype=torch.float64)
+    held_off = torch.as_tensor(offsets[frames[:1]] / extent, dtype=torch.float64)
+    rv = torch.tensor(rotvecs[frames[1:]], dtype=torch.float64, requires_grad=True)
+    off = torch.tensor(offsets[frames[1:]] / extent, dtype=torch.float64, requires_grad=True)
+    observed = valid[points]
+    unit = np.sqrt(observed.sum(0).mean() / observed.sum(1))[:, None]   # (P, 1)
+    pts = torch.tensor((canonical[points] - pivot) / extent / unit, dtype=torch.float64,
                        requires_grad=True)
     unit = torch.as_tensor(unit, dtype=torch.float64)
-    zero = torch.zeros(1, 3, dtype=torch.float64)
 
     def residuals() -> torch.Tensor:
-        rots = _rotmats(torch.cat([zero, rv]))[fi]
+        rots = _rotmats(torch.cat([held_rv, rv]))[fi]
         local = (pts * unit)[ti]
-        world = (torch.einsum("mij,mj->mi", rots, local) + torch.cat([zero, off])[fi]) * extent + piv
+        world = (torch.einsum("mij,mj->mi", rots, local) + torch.cat([held_off, off])[fi]) * extent + piv
         return (_project(world, vm, k) - target).norm(dim=1)
 
     opt = torch.optim.LBFGS([rv, off, pts], lr=1, max_iter=iterations,
@@ -230,9 +297,9 @@ def _bundle_adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
         loss.backward()
         return loss
 
-    console.info(f"root poses: bundle adjustment of {len(fi)} track observations")
     opt.step(closure)
     with torch.no_grad():
-        residual = float(residuals().median())
-    return (np.concatenate([np.zeros((1, 3)), rv.detach().numpy()]),
-            np.concatenate([np.zeros((1, 3)), off.detach().numpy() * extent]), residual)
+        rotvecs[frames[1:]] = rv.numpy()
+        offsets[frames[1:]] = off.numpy() * extent
+        canonical[points] = (pts * unit).numpy() * extent + pivot
+        return float(residuals().median())

@@ -53,10 +53,20 @@ class ModelConfig:
     the sides (novel views -1.4 dB; docs/fit.md)."""
     depth_hint: float = 2.7
     """Object depth (scene units) when the dataset's cameras do not place the object."""
-    root_init: str = "identity"
-    """Where the root poses start: 'identity' (no motion; the fit finds it) or 'tracks' (rigid
+    root_init: str = "auto"
+    """Where the root poses start: 'identity' (no motion; the fit finds it), 'tracks' (rigid
     structure from motion on DIS point tracks before the fit, fixed cameras only: for objects
-    that turn far, which the photometric fit leaves to the bones; docs/fit.md, Session 17)."""
+    that turn far, which the photometric fit leaves to the bones; docs/fit.md, Sessions 17-18)
+    or 'auto' (tracks when, on a fixed camera, they show the object turning at least
+    ``root_auto_turn_deg``; else the identity: the shared clips turn 5-28 degrees and keep it,
+    the tumbling and turntable scenes take the tracks)."""
+    root_auto_turn_deg: float = 45.0
+    """The turn (degrees, largest over the frames) from which 'auto' keeps the tracked poses."""
+    hull_resultant: float = 0.5
+    """With tracked root poses that show the object from around it (their
+    :meth:`~recon4d.model.root_from_tracks.RootEstimate.view_resultant` at most this; a
+    half turn gives 0.61, a full turn about 0), the init is a visual hull carved through the
+    frames' cameras moved with the object instead of the inflated first silhouette. 0: never."""
 
 
 @dataclass
@@ -122,7 +132,8 @@ class StageConfig:
     centres between training frames against their keyframes' prediction, gated by
     ``FitConfig.between_still``; docs/fit.md), symmetry (the canonical shape against its mirror
     image through an upright plane estimated from the first training frame; meant for fixed
-    cameras with user depth, docs/fit.md)."""
+    cameras with user depth, docs/fit.md), depth_gauge, root_prior (the root poses' offsets
+    against the point tracks' estimate they started from, when they did)."""
     ssim_weight: float = 0.2
     lr_scale: float = 1.0
     lr_scales: dict[str, float] = field(default_factory=dict)
@@ -151,12 +162,15 @@ def _full_losses() -> dict[str, Weight]:
         # Holds the object's depth at the reference frame where the init put it (the fixed
         # camera's depth-scale gauge); off by default (docs/fit.md, Session 17).
         "depth_gauge": 0.0,
+        # Holds the root poses' offsets near the point tracks' estimate where the fit started
+        # from one (the tracks fix each frame's depth, which images alone leave free).
+        "root_prior": 1.0,
     }
 
 
 def _coarse_losses() -> dict[str, Weight]:
     return {"photo": 1.0, "mask": 1.0, "rigidity": 3.0, "bone_smooth": 0.3, "root_smooth": 0.3,
-            "skin_smooth": 0.05, "depth": 0.1, "depth_gauge": 0.0}
+            "skin_smooth": 0.05, "depth": 0.1, "depth_gauge": 0.0, "root_prior": 1.0}
 
 
 @dataclass
@@ -264,8 +278,8 @@ def config_problem(config: FitConfig) -> str | None:
     model = config.model
     if model.blend not in ("dqs", "lbs"):
         return f"model.blend must be dqs or lbs, got {model.blend!r}"
-    if model.root_init not in ("identity", "tracks"):
-        return f"model.root_init must be identity or tracks, got {model.root_init!r}"
+    if model.root_init not in ("identity", "tracks", "auto"):
+        return f"model.root_init must be identity, tracks or auto, got {model.root_init!r}"
     if model.init_profile not in ("auto", "round", "linear"):
         return f"model.init_profile must be auto, round or linear, got {model.init_profile!r}"
     for name, smallest in (("num_surfels", 1), ("num_bones", 0), ("time_freqs", 0),

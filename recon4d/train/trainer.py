@@ -125,6 +125,8 @@ class Trainer:
         self._scaled_depth: dict[float, Tensor] = {}
         self._neighbours: Tensor | None = None
         self._gauge_depth: Tensor | None = None
+        # (K, 3) root offsets of the tracked estimate the fit started from (root_prior).
+        self._root_anchor: Tensor | None = None
         # Upright mirror plane of the subject, found once when the symmetry term first acts.
         self.mirror_plane: MirrorPlane | None = None
         self._plane_searched = False
@@ -146,16 +148,29 @@ class Trainer:
         """A fresh model from the masks (coarse surfels when the coarse stage is on)."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
-        ds = self.dataset
-        reference = self.train_frames[0]
+        ds, train = self.dataset, self.train_frames
         count = cfg.coarse_surfels if self.coarse_steps > 0 else cfg.model.num_surfels
         profile = cfg.model.init_profile
         if profile == "auto":
             profile = "linear" if self.depth is not None else "round"
-        init = init_from_masks(ds.frames, ds.masks, ds.cameras.viewmats, ds.cameras.Ks, count,
-                               reference=reference, grid=cfg.model.init_grid,
-                               depth_hint=cfg.model.depth_hint, seed=cfg.seed,
-                               profile=profile)
+
+        def init_volume(object_poses=None):
+            # Training frames only: a held-out frame's mask must not shape the model either.
+            return init_from_masks(ds.frames[train], ds.masks[train], ds.cameras.viewmats[train],
+                                   ds.cameras.Ks[train], count, reference=0,
+                                   grid=cfg.model.init_grid, depth_hint=cfg.model.depth_hint,
+                                   seed=cfg.seed, profile=profile, object_poses=object_poses,
+                                   hull_margin=1.3)
+
+        init = init_volume()
+        estimate = self._root_from_tracks(init) if cfg.model.root_init != "identity" else None
+        if estimate is not None and cfg.model.hull_resultant > 0:
+            resultant = estimate.view_resultant(ds.cameras.viewmats[train], init.center)
+            if resultant <= cfg.model.hull_resultant:
+                # The object shows itself from around: carve it like an orbit clip.
+                console.info(f"the tracked turn shows the object from around it (view "
+                             f"resultant {resultant:.2f}): init from a visual hull through it")
+                init = init_volume(estimate.transforms())
         self.extent = float(init.extent)
         canonical = CanonicalSurfels.from_points(to_torch(init.points), to_torch(init.normals),
                                                  to_torch(init.colors), init.scale,
@@ -175,44 +190,55 @@ class Trainer:
             rot_scale=cfg.model.bone_rot_scale, trans_scale=cfg.model.bone_trans_scale * self.extent,
             refine_freqs=cfg.model.refine_freqs).to(self.device)
         self.model.spec["extent"] = self.extent
+        if estimate is not None:
+            root = self.model.warp.root
+            with torch.no_grad():
+                # Key times are the training frames' times in order, the tracks' frame order.
+                root.rotvecs.copy_(torch.as_tensor(estimate.rotvecs, dtype=torch.float32))
+                root.offsets.copy_(torch.as_tensor(
+                    estimate.offsets_about(root.pivot.cpu().numpy()), dtype=torch.float32))
+            self._root_anchor = root.offsets.detach().clone()
         # The gauge is the init's object centre (the dataset's depth), not its surfels'
         # centroid: perspective makes the inflated silhouette deeper at the back, which puts
         # the centroid about 2.5 % of the distance behind the centre (rigid scene: 2.77 vs 2.70).
-        ref_view = ds.cameras.viewmats[reference]
+        ref_view = ds.cameras.viewmats[train[0]]
         self._gauge_depth = torch.tensor(float(ref_view[2, :3] @ init.center + ref_view[2, 3]),
                                          device=self.device)
-        if cfg.model.root_init == "tracks":
-            self._root_poses_from_tracks(init)
         self.strategy = DensifyPrune(cfg.strategy, self.extent, seed=cfg.seed)
         self.step = 0
         self._enter_stage(self.stage_at(0)[0], fresh=True)
 
-    def _root_poses_from_tracks(self, init) -> None:
-        """Start the root poses at the rigid motion the point tracks show (fixed cameras)."""
-        ds, train = self.dataset, self.train_frames
+    def _root_from_tracks(self, init):
+        """The rigid motion the point tracks show (fixed cameras), as a RootEstimate, or None
+        where it cannot be had or ('auto') where the object hardly turns."""
+        ds, train, mode = self.dataset, self.train_frames, self.config.model.root_init
         if not cameras_fixed(ds.cameras.viewmats, ds.cameras.Ks):
-            console.warn("model.root_init 'tracks' is for a fixed camera and this dataset's "
-                         "cameras move: the root poses start at the identity")
-            return
+            if mode == "tracks":
+                console.warn("model.root_init 'tracks' is for a fixed camera and this dataset's "
+                             "cameras move: the root poses start at the identity")
+            return None
         tracks = point_tracks(ds.frames[train], ds.masks[train])
         if tracks.num_tracks < 6:
-            console.warn(f"model.root_init 'tracks': only {tracks.num_tracks} point tracks on "
+            console.warn(f"model.root_init '{mode}': only {tracks.num_tracks} point tracks on "
                          "the object, too few for its motion: the root poses start at the identity")
-            return
-        root = self.model.warp.root
+            return None
         estimate = estimate_root_poses(tracks, ds.cameras.viewmats[train], ds.cameras.Ks[train],
-                                       init.points, init.normals, root.pivot.cpu().numpy(),
-                                       self.extent, ds.height, ds.width)
-        with torch.no_grad():
-            # Key times are the training frames' times in order, the tracks' frame order.
-            root.rotvecs.copy_(torch.as_tensor(estimate.rotvecs, dtype=torch.float32))
-            root.offsets.copy_(torch.as_tensor(estimate.offsets, dtype=torch.float32))
+                                       init.points, init.normals, init.points.mean(0),
+                                       init.extent, ds.height, ds.width,
+                                       times=np.asarray(ds.times, np.float64)[train])
         turn = float(estimate.turn_degrees().max())
-        console.info(f"root poses from {estimate.num_tracks} point tracks: turns up to "
-                     f"{turn:.0f} degrees, median reprojection error {estimate.residual_px:.2f} px")
+        used = mode == "tracks" or turn >= self.config.model.root_auto_turn_deg
         self.run.log_metrics({"step": 0, "root_init": {
             "tracks": estimate.num_tracks, "observations": estimate.num_observations,
-            "residual_px": round(estimate.residual_px, 3), "max_turn_deg": round(turn, 2)}})
+            "residual_px": round(estimate.residual_px, 3), "max_turn_deg": round(turn, 2),
+            "used": used}})
+        if not used:
+            console.info(f"point tracks show a turn of at most {turn:.0f} degrees: the root poses "
+                         "start at the identity")
+            return None
+        console.info(f"root poses from {estimate.num_tracks} point tracks: turns up to "
+                     f"{turn:.0f} degrees, median reprojection error {estimate.residual_px:.2f} px")
+        return estimate
 
     def _enter_stage(self, name: str, fresh: bool) -> None:
         if name == "full" and not fresh and self.coarse_steps > 0:
@@ -391,6 +417,11 @@ class Trainer:
                                                 plane, self.extent)
         if weights.get("between", 0) > 0 and len(self.train_frames) >= 2:
             terms["between"] = self._between_term() / self.extent ** 2
+        if weights.get("root_prior", 0) > 0 and self._root_anchor is not None:
+            # One camera cannot tell a larger object farther away from a smaller one nearer;
+            # the tracks' structure from motion settled each frame's depth, the prior keeps it.
+            shift = model.warp.root.offsets - self._root_anchor
+            terms["root_prior"] = shift.square().sum(1).mean() / self.extent ** 2
         if weights.get("depth_gauge", 0) > 0 and self._gauge_depth is not None:
             drift = self._reference_depth() - self._gauge_depth
             terms["depth_gauge"] = drift ** 2 / self.extent ** 2
@@ -602,6 +633,7 @@ class Trainer:
             "mirror_plane": None if self.mirror_plane is None else asdict(self.mirror_plane),
             "plane_searched": self._plane_searched,
             "gauge_depth": self._gauge_depth,
+            "root_anchor": self._root_anchor,
         }
 
     def save(self) -> None:
@@ -616,6 +648,7 @@ class Trainer:
         self.model = DynamicSurfelModel.from_state(state["model_spec"], state["model"]).to(self.device)
         self.extent = float(state["extent"])
         self._gauge_depth = state.get("gauge_depth")
+        self._root_anchor = state.get("root_anchor")
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         self.strategy = DensifyPrune(self.config.strategy, self.extent, seed=self.config.seed)
