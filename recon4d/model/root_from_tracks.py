@@ -47,6 +47,7 @@ class RootEstimate:
         residual_px: median reprojection error over all observations after adjustment.
         num_tracks, num_observations: the data the estimate rests on.
         pivot: (3,) the point the rotations turn about.
+        points: (T, 3) each track's adjusted 3D point in the canonical frame, or None.
     """
 
     rotvecs: np.ndarray
@@ -55,6 +56,7 @@ class RootEstimate:
     num_tracks: int
     num_observations: int
     pivot: np.ndarray
+    points: np.ndarray | None = None
 
     def transforms(self) -> np.ndarray:
         """(F, 4, 4) canonical-to-world rigid transforms, x -> R (x - pivot) + pivot + offset."""
@@ -232,7 +234,7 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
     residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
                        np.arange(count), iterations)
     return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations,
-                        pivot)
+                        pivot, canonical)
 
 
 def _carry_on(rotvecs: np.ndarray, offsets: np.ndarray, times: np.ndarray | None,

@@ -170,6 +170,7 @@ class Trainer:
                 # The object shows itself from around: carve it like an orbit clip.
                 console.info(f"the tracked turn shows the object from around it (view "
                              f"resultant {resultant:.2f}): init from a visual hull through it")
+                self.run.log_metrics({"step": 0, "init_hull": {"view_resultant": round(resultant, 3)}})
                 init = init_volume(estimate.transforms())
         self.extent = float(init.extent)
         canonical = CanonicalSurfels.from_points(to_torch(init.points), to_torch(init.normals),
