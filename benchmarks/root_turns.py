@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SCENES = "default,rigid,creature_turntable"
 
 
 def measure(dataset: Path, truth=None) -> dict:
@@ -35,7 +36,7 @@ def measure(dataset: Path, truth=None) -> dict:
     from recon4d.data.tracks import point_tracks
     from recon4d.export.transforms import kabsch
     from recon4d.model.init import init_from_masks
-    from recon4d.model.root_from_tracks import estimate_root_poses
+    from recon4d.model.root_from_tracks import estimate_root_poses_from_init
     from recon4d.train.config import FitConfig
 
     data = load_dataset(dataset)
@@ -45,9 +46,8 @@ def measure(dataset: Path, truth=None) -> dict:
     start = time.monotonic()
     init = init_from_masks(frames, masks, viewmats, Ks, 2000)
     tracks = point_tracks(frames, masks)
-    estimate = estimate_root_poses(tracks, viewmats, Ks, init.points, init.normals,
-                                   init.points.mean(0), init.extent, data.height, data.width,
-                                   times=np.asarray(data.times, np.float64)[train])
+    estimate = estimate_root_poses_from_init(tracks, viewmats, Ks, init, data.height, data.width,
+                                             times=np.asarray(data.times)[train])
     seconds = time.monotonic() - start
     turn = float(estimate.turn_degrees().max())
     row = {"frames": len(train), "px": data.width, "tracks": estimate.num_tracks,
@@ -67,7 +67,7 @@ def measure(dataset: Path, truth=None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", default="all", help="comma-separated clip entries, 'all' or 'none'")
-    parser.add_argument("--scenes", default="default,rigid,creature_turntable",
+    parser.add_argument("--scenes", default=DEFAULT_SCENES,
                         help="comma-separated fixed-camera synthetic scenes or 'none'")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "root_turns.json")
     args = parser.parse_args()
@@ -107,7 +107,7 @@ def main() -> None:
 
     command = ("python benchmarks/root_turns.py"
                + (f" --clips {args.clips}" if args.clips != "all" else "")
-               + (f" --scenes {args.scenes}" if args.scenes != "default,rigid,creature_turntable" else ""))
+               + (f" --scenes {args.scenes}" if args.scenes != DEFAULT_SCENES else ""))
     atomic_write_json(args.out, {"commit": git_commit(), "machine": machine_info(),
                                  "command": command, "rows": rows})
     print(f"written: {args.out}")

@@ -123,7 +123,7 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
                     num_surfels: int, reference: int = 0, grid: int = 64,
                     depth_hint: float = 2.7, seed: int = 0,
                     profile: str = "round", object_poses: np.ndarray | None = None,
-                    hull_margin: float = 1.0) -> InitResult:
+                    hull_margin: float = 1.3) -> InitResult:
     """Initial surfels from the masks of the given frames.
 
     Args:
@@ -139,8 +139,8 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
             object's turning is what shows it from other sides: the volume is a visual hull
             carved through every frame's camera moved with the object (viewmat @ pose), as for
             moving cameras, instead of the reference silhouette inflated.
-        hull_margin: the carved box's size over the reference silhouette's (an object can be
-            deeper than it is wide in the reference frame).
+        hull_margin: with ``object_poses``, the carved box's size over the reference
+            silhouette's (an object can be deeper than it is wide in the reference frame).
     Raises:
         UserError: when the reference mask is empty (nothing to reconstruct).
     """
@@ -170,8 +170,8 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     points = local @ cam2world[:3, :3].T + centre
 
     if object_poses is not None:
-        occupied = _hull(points, np.einsum("fij,fjk->fik", viewmats.astype(np.float64),
-                                           np.asarray(object_poses, np.float64)), Ks, masks)
+        occupied = _hull(points, viewmats.astype(np.float64) @ np.asarray(object_poses, np.float64),
+                         Ks, masks)
     elif cameras_fixed(viewmats, Ks):
         uv, z = project_points(points, view0, K0)
         inside = sample_nearest(mask0.astype(np.float32), uv) > 0.5

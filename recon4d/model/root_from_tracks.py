@@ -237,6 +237,17 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
                         pivot, canonical)
 
 
+def estimate_root_poses_from_init(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
+                                  init, height: int, width: int,
+                                  times: np.ndarray | None = None) -> RootEstimate:
+    """:func:`estimate_root_poses` with the tracks lifted onto an
+    :class:`~recon4d.model.init.InitResult`'s surface, turning about its surfels' centroid, in
+    units of its extent: what the fit runs before it starts (and the benchmark measures)."""
+    return estimate_root_poses(tracks, viewmats, Ks, init.points, init.normals,
+                               init.points.mean(0), init.extent, height, width,
+                               times=None if times is None else np.asarray(times, np.float64))
+
+
 def _carry_on(rotvecs: np.ndarray, offsets: np.ndarray, times: np.ndarray | None,
               k: int) -> tuple[np.ndarray, np.ndarray]:
     """Pose k predicted from poses k-2 and k-1 at constant speed (rotation vectors and offsets

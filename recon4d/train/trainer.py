@@ -37,7 +37,7 @@ from recon4d.model.canonical import CanonicalSurfels
 from recon4d.model.init import (cameras_fixed, init_from_masks, kmeans_bones, object_depth,
                                 to_torch)
 from recon4d.model.refine import EXTRA_NAME as REFINE_EXTRA
-from recon4d.model.root_from_tracks import estimate_root_poses
+from recon4d.model.root_from_tracks import estimate_root_poses_from_init
 from recon4d.model.rotations import quat_rotate
 from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
 from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
@@ -159,8 +159,7 @@ class Trainer:
             return init_from_masks(ds.frames[train], ds.masks[train], ds.cameras.viewmats[train],
                                    ds.cameras.Ks[train], count, reference=0,
                                    grid=cfg.model.init_grid, depth_hint=cfg.model.depth_hint,
-                                   seed=cfg.seed, profile=profile, object_poses=object_poses,
-                                   hull_margin=1.3)
+                                   seed=cfg.seed, profile=profile, object_poses=object_poses)
 
         init = init_volume()
         estimate = self._root_from_tracks(init) if cfg.model.root_init != "identity" else None
@@ -223,10 +222,9 @@ class Trainer:
             console.warn(f"model.root_init '{mode}': only {tracks.num_tracks} point tracks on "
                          "the object, too few for its motion: the root poses start at the identity")
             return None
-        estimate = estimate_root_poses(tracks, ds.cameras.viewmats[train], ds.cameras.Ks[train],
-                                       init.points, init.normals, init.points.mean(0),
-                                       init.extent, ds.height, ds.width,
-                                       times=np.asarray(ds.times, np.float64)[train])
+        estimate = estimate_root_poses_from_init(tracks, ds.cameras.viewmats[train],
+                                                 ds.cameras.Ks[train], init, ds.height, ds.width,
+                                                 times=np.asarray(ds.times)[train])
         turn = float(estimate.turn_degrees().max())
         used = mode == "tracks" or turn >= self.config.model.root_auto_turn_deg
         self.run.log_metrics({"step": 0, "root_init": {
