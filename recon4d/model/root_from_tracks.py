@@ -14,6 +14,14 @@ the turn directly, so the root is estimated from them first, as rigid structure 
    refined together against every observation. Several frames fix what one pair cannot (depth
    against rotation); the first frame's pose stays the identity (the canonical frame).
 
+Both adjustments hold the pivot near its first camera depth with a weak prior. One fixed camera
+cannot see a scaling of the whole solution about its centre (points and poses scaled together
+reproject the same), so without the prior that scale is whatever the first lift onto the
+init's inflated front gave (rigid scene: 3.5 % too large) and drifts along the chain (another
+2.5 %; a turntable's object ended 17 % too deep). The prior picks the scale at which the object
+turns about a pivot that stays at its depth -- exact for a subject turning in place, and the
+drift it allows costs reprojection error it cannot hide (docs/fit.md, Session 19).
+
 Frames: poses map canonical points to world, x -> R (x - pivot) + pivot + d, the convention of
 :class:`recon4d.model.warp.RootPoses`. Cameras are OpenCV world-to-camera with pixel intrinsics.
 """
@@ -35,6 +43,9 @@ WINDOW_FRAMES = 5
 """Frames in the chain's running bundle adjustment (the newest and the ones before it)."""
 WINDOW_ITERATIONS = 30
 WINDOW_POINTS = 300
+DEPTH_HOLD = 10.0
+"""Weight of the adjustments' prior that the pivot keeps its first camera depth: the squared
+change in depth, in units of the object's extent, against the mean Huber loss in pixels."""
 
 
 @dataclass
@@ -172,7 +183,8 @@ def _fit_pose(canonical: np.ndarray, pixels: np.ndarray, viewmat: np.ndarray, K:
 def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
                         surface_points: np.ndarray, surface_normals: np.ndarray,
                         pivot: np.ndarray, extent: float, height: int, width: int,
-                        iterations: int = 400, times: np.ndarray | None = None) -> RootEstimate:
+                        iterations: int = 400, times: np.ndarray | None = None,
+                        depth_hold: float = DEPTH_HOLD) -> RootEstimate:
     """Rigid root poses of the tracked frames.
 
     Args:
@@ -185,6 +197,8 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
         iterations: L-BFGS iterations of the bundle adjustment.
         times: (F,) the frames' times; each pose's search then starts from the motion of the
             two frames before it carried on at the same speed (default: from the pose before).
+        depth_hold: weight of the prior that the pivot stays at its frame-0 camera depth
+            (0: none; the solution's scale about the camera is then the first lift's).
 
     Returns:
         :class:`RootEstimate` for the F frames.
@@ -229,10 +243,10 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
             # object shows sides the first frame never saw (a turntable's half turn).
             window = np.arange(max(0, k - WINDOW_FRAMES + 1), k + 1)
             _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent, window,
-                    WINDOW_ITERATIONS, max_points=WINDOW_POINTS)
+                    WINDOW_ITERATIONS, max_points=WINDOW_POINTS, depth_hold=depth_hold)
     console.info(f"root poses: bundle adjustment of {tracks.num_observations} track observations")
     residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
-                       np.arange(count), iterations)
+                       np.arange(count), iterations, depth_hold=depth_hold)
     return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations,
                         pivot, canonical)
 
@@ -261,10 +275,14 @@ def _carry_on(rotvecs: np.ndarray, offsets: np.ndarray, times: np.ndarray | None
 
 def _adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray, canonical: np.ndarray,
             pivot: np.ndarray, rotvecs: np.ndarray, offsets: np.ndarray, extent: float,
-            frames: np.ndarray, iterations: int, max_points: int = 0) -> float:
+            frames: np.ndarray, iterations: int, max_points: int = 0,
+            depth_hold: float = 0.0) -> float:
     """Bundle adjustment over ``frames`` (ascending; the first one's pose held): their poses
     and the points seen at least twice among them are refined in place. Returns the median
     reprojection error (px) afterwards, or NaN when too few points take part.
+
+    ``depth_hold`` > 0 adds that weight times the mean squared change of the pivot's camera
+    depth from the first frame's, over the extent squared: the gauge prior of the module doc.
 
     Unknowns are scaled so that each one's curvature is about the same (a diagonal
     preconditioner): translations and points in units of the object's extent, and each point
@@ -294,6 +312,8 @@ def _adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray, canonical
     pts = torch.tensor((canonical[points] - pivot) / extent / unit, dtype=torch.float64,
                        requires_grad=True)
     unit = torch.as_tensor(unit, dtype=torch.float64)
+    # Row 2 of each frame's world-to-camera: the pivot's camera depth, in units of the extent.
+    depth_row = torch.as_tensor(viewmats[frames][:, 2], dtype=torch.float64)
 
     def residuals() -> torch.Tensor:
         rots = _rotmats(torch.cat([held_rv, rv]))[fi]
@@ -304,9 +324,17 @@ def _adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray, canonical
     opt = torch.optim.LBFGS([rv, off, pts], lr=1, max_iter=iterations,
                             line_search_fn="strong_wolfe")
 
+    def depth_change() -> torch.Tensor:
+        """(W-1,) the pivot's camera depth at each later frame minus at the first / extent."""
+        centre = torch.cat([held_off, off]) * extent + piv                       # (W, 3) world
+        depth = (depth_row[:, :3] * centre).sum(1) + depth_row[:, 3]
+        return (depth[1:] - depth[0]) / extent
+
     def closure():
         opt.zero_grad()
         loss = _robust(residuals())
+        if depth_hold > 0:
+            loss = loss + depth_hold * depth_change().square().mean()
         loss.backward()
         return loss
 
