@@ -14,13 +14,15 @@ the turn directly, so the root is estimated from them first, as rigid structure 
    refined together against every observation. Several frames fix what one pair cannot (depth
    against rotation); the first frame's pose stays the identity (the canonical frame).
 
-Both adjustments hold the pivot near its first camera depth with a weak prior. One fixed camera
-cannot see a scaling of the whole solution about its centre (points and poses scaled together
-reproject the same), so without the prior that scale is whatever the first lift onto the
-init's inflated front gave (rigid scene: 3.5 % too large) and drifts along the chain (another
-2.5 %; a turntable's object ended 17 % too deep). The prior picks the scale at which the object
-turns about a pivot that stays at its depth -- exact for a subject turning in place, and the
-drift it allows costs reprojection error it cannot hide (docs/fit.md, Session 19).
+The final adjustment runs twice from the chain's result: free, and with a prior that the pivot
+keeps its first camera depth. One fixed camera cannot see a scaling of the whole solution about
+its centre (points and poses scaled together reproject the same), so the free solution's scale
+is whatever the first lift onto the init's inflated front gave (rigid scene: 3.5 % too large),
+and the chain's drift adds to it (turntable: the object up to 20 % too deep). The prior picks
+the scale at which the object turns about a pivot that stays at its depth -- exact for a subject
+turning in place -- and straightens the drift. An object that really moves in depth pays for
+the prior in reprojection error, so the held solution is kept only while its median error is
+within ``DEPTH_HOLD_SLACK`` of the free one's (docs/fit.md, Session 19).
 
 Frames: poses map canonical points to world, x -> R (x - pivot) + pivot + d, the convention of
 :class:`recon4d.model.warp.RootPoses`. Cameras are OpenCV world-to-camera with pixel intrinsics.
@@ -44,8 +46,11 @@ WINDOW_FRAMES = 5
 WINDOW_ITERATIONS = 30
 WINDOW_POINTS = 300
 DEPTH_HOLD = 10.0
-"""Weight of the adjustments' prior that the pivot keeps its first camera depth: the squared
-change in depth, in units of the object's extent, against the mean Huber loss in pixels."""
+"""Weight of the final adjustment's prior that the pivot keeps its first camera depth: the
+squared change in depth, in units of the object's extent, against the mean Huber loss in px."""
+DEPTH_HOLD_SLACK = 1.5
+"""The held solution is kept while its median reprojection error is at most this many times
+the free one's; beyond it the object really moves in depth and the prior would bend the turn."""
 
 
 @dataclass
@@ -59,6 +64,7 @@ class RootEstimate:
         num_tracks, num_observations: the data the estimate rests on.
         pivot: (3,) the point the rotations turn about.
         points: (T, 3) each track's adjusted 3D point in the canonical frame, or None.
+        depth_held: whether the pivot-depth prior shaped the final adjustment.
     """
 
     rotvecs: np.ndarray
@@ -68,6 +74,7 @@ class RootEstimate:
     num_observations: int
     pivot: np.ndarray
     points: np.ndarray | None = None
+    depth_held: bool = False
 
     def transforms(self) -> np.ndarray:
         """(F, 4, 4) canonical-to-world rigid transforms, x -> R (x - pivot) + pivot + offset."""
@@ -197,8 +204,9 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
         iterations: L-BFGS iterations of the bundle adjustment.
         times: (F,) the frames' times; each pose's search then starts from the motion of the
             two frames before it carried on at the same speed (default: from the pose before).
-        depth_hold: weight of the prior that the pivot stays at its frame-0 camera depth
-            (0: none; the solution's scale about the camera is then the first lift's).
+        depth_hold: weight of the final adjustment's prior that the pivot stays at its frame-0
+            camera depth, kept when it costs little reprojection error (0: no prior; the
+            solution's scale about the camera is then the first lift's).
 
     Returns:
         :class:`RootEstimate` for the F frames.
@@ -243,12 +251,26 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
             # object shows sides the first frame never saw (a turntable's half turn).
             window = np.arange(max(0, k - WINDOW_FRAMES + 1), k + 1)
             _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent, window,
-                    WINDOW_ITERATIONS, max_points=WINDOW_POINTS, depth_hold=depth_hold)
+                    WINDOW_ITERATIONS, max_points=WINDOW_POINTS)
     console.info(f"root poses: bundle adjustment of {tracks.num_observations} track observations")
+    chain = (canonical.copy(), rotvecs.copy(), offsets.copy())
     residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
-                       np.arange(count), iterations, depth_hold=depth_hold)
+                       np.arange(count), iterations)
+    held = False
+    if depth_hold > 0:
+        free = (canonical, rotvecs, offsets)
+        canonical, rotvecs, offsets = (a.copy() for a in chain)
+        held_residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
+                                np.arange(count), iterations, depth_hold=depth_hold)
+        held = bool(held_residual <= DEPTH_HOLD_SLACK * residual)
+        if held:
+            residual = held_residual
+        else:
+            canonical, rotvecs, offsets = free
+            console.info(f"root poses: the object moves in depth (holding it costs "
+                         f"{held_residual:.2f} px against {residual:.2f} px); depth left free")
     return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations,
-                        pivot, canonical)
+                        pivot, canonical, depth_held=held)
 
 
 def estimate_root_poses_from_init(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
