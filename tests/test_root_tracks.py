@@ -82,11 +82,43 @@ def test_root_poses_from_tracks_follow_a_tumbling_object(tmp_path):
     # The object where the truth has it in depth: measured 0.97-1.02 of the true depth with the
     # pivot-depth prior, up to 1.08 without (the camera cannot see the solution's scale).
     ratios = _depth_ratios(estimate, gt, train, data.cameras.viewmats[train])
+    assert estimate.depth_held
     assert np.abs(ratios - 1).max() < 0.045, np.round(ratios, 3)
     free = estimate_root_poses(tracks, data.cameras.viewmats[train], data.cameras.Ks[train],
                                init.points, init.normals, init.points.mean(0), init.extent,
                                data.height, data.width, depth_hold=0.0)
     assert np.abs(_depth_ratios(free, gt, train, data.cameras.viewmats[train]) - 1).max() > 0.06
+
+
+def test_root_poses_leave_the_depth_free_for_an_object_that_approaches(tmp_path):
+    """The pivot-depth prior must not bend a turn whose object really moves in depth: the
+    `rigid` scene swinging 1.2 units towards and away from the camera (its centre between 2.2
+    and 3.3 units deep). Holding the depth costs reprojection error there (measured 0.70 px
+    against 0.24 px free, and a 32-degree error in the turn), so the free solution is kept."""
+    scene = make_scene("rigid", tmp_path / "approach", resolution=128, frames=24,
+                       motion={"amplitude": [0.22, 0.12, 1.2]})
+    data, gt = load_dataset(scene), load_ground_truth(scene)
+    train = data.train_indices()
+    viewmats, Ks = data.cameras.viewmats[train], data.cameras.Ks[train]
+    init = init_from_masks(data.frames[train], data.masks[train], viewmats, Ks, 800)
+    tracks = point_tracks(data.frames[train], data.masks[train])
+    estimate = estimate_root_poses(tracks, viewmats, Ks, init.points, init.normals,
+                                   init.points.mean(0), init.extent, data.height, data.width,
+                                   times=data.times[train])
+    assert not estimate.depth_held
+    truth = _truth_turns(gt, train)
+    found = Rotation.from_rotvec(estimate.rotvecs)
+    errors = [np.degrees((found[i] * truth[i].inv()).magnitude()) for i in range(len(train))]
+    assert max(errors) < 8, np.round(errors, 1)   # measured 2.5
+    # The estimate follows the swing in depth (measured: correlation 0.93, a range of 1.78 units
+    # against the truth's 1.17; held anyway, 0.86 and 0.48: flattened).
+    centre = np.append(gt.vertices[train[0]].mean(0), 1.0)
+    found_depth = np.einsum("fj,fj->f", viewmats[:, 2], estimate.transforms() @ centre)
+    true_depth = np.array([viewmats[j, 2] @ kabsch(gt.vertices[train[0]], gt.vertices[k]) @ centre
+                           for j, k in enumerate(train)])
+    assert np.ptp(true_depth) > 0.9
+    assert np.corrcoef(found_depth, true_depth)[0, 1] > 0.9
+    assert np.ptp(found_depth) > 0.8 * np.ptp(true_depth)
 
 
 def _depth_ratios(estimate, gt, frames, viewmats) -> np.ndarray:
