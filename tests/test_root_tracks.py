@@ -299,6 +299,7 @@ def test_auto_root_init_uses_tracks_only_for_a_large_turn(tmp_path):
     trainer.initialise()
     record = next(r["root_init"] for r in trainer.run.read_metrics_log() if "root_init" in r)
     assert record["used"] is True and record["max_turn_deg"] > 180
+    assert record["depth_held"] is True   # a subject turning in place: its depth held
     # At 128 px the tracks come from flow on frames enlarged to 256 px: the root follows the
     # whole turn (measured: at most 14 degrees off; from 128 px flow, 57).
     train = trainer.train_frames

@@ -230,7 +230,7 @@ class Trainer:
         self.run.log_metrics({"step": 0, "root_init": {
             "tracks": estimate.num_tracks, "observations": estimate.num_observations,
             "residual_px": round(estimate.residual_px, 3), "max_turn_deg": round(turn, 2),
-            "used": used}})
+            "depth_held": estimate.depth_held, "used": used}})
         if not used:
             console.info(f"point tracks show a turn of at most {turn:.0f} degrees: the root poses "
                          "start at the identity")
