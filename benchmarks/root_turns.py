@@ -57,15 +57,13 @@ def measure(dataset: Path, truth=None) -> dict:
            "view_resultant": round(estimate.view_resultant(viewmats, init.center), 3),
            "auto_keeps": turn >= FitConfig().model.root_auto_turn_deg}
     if truth is not None:
-        found = Rotation.from_rotvec(estimate.rotvecs)
-        errors = [np.degrees((found[j] * Rotation.from_matrix(
-            kabsch(truth.vertices[train[0]], truth.vertices[k])[:3, :3]).inv()).magnitude())
-            for j, k in enumerate(train)]
-        row["max_error_deg"] = round(float(max(errors)), 1)
+        motion = np.stack([kabsch(truth.vertices[train[0]], truth.vertices[k]) for k in train])
+        errors = (Rotation.from_rotvec(estimate.rotvecs)
+                  * Rotation.from_matrix(motion[:, :3, :3]).inv()).magnitude()
+        row["max_error_deg"] = round(float(np.degrees(errors).max()), 1)
         centre = np.append(truth.vertices[train[0]].mean(0), 1.0)
         moved = estimate.transforms() @ centre
-        true_moved = np.stack([kabsch(truth.vertices[train[0]], truth.vertices[k]) @ centre
-                               for k in train])
+        true_moved = motion @ centre
         depth_ratio = (np.einsum("fj,fj->f", viewmats[:, 2], moved)
                        / np.einsum("fj,fj->f", viewmats[:, 2], true_moved))
         row["max_depth_error_pct"] = round(float(100 * np.abs(depth_ratio - 1).max()), 1)

@@ -71,8 +71,7 @@ def test_root_poses_from_tracks_follow_a_tumbling_object(tmp_path):
     estimate = estimate_root_poses(tracks, data.cameras.viewmats[train], data.cameras.Ks[train],
                                    init.points, init.normals, init.points.mean(0), init.extent,
                                    data.height, data.width)
-    truth = [Rotation.from_matrix(kabsch(gt.vertices[train[0]], gt.vertices[k])[:3, :3])
-             for k in train]
+    truth = _truth_turns(gt, train)
     found = Rotation.from_rotvec(estimate.rotvecs)
     errors = [np.degrees((found[i] * truth[i].inv()).magnitude()) for i in range(len(train))]
     # Measured: at most 9.4 degrees (the identity is 120 degrees off at the last frame).
@@ -113,28 +112,35 @@ def test_root_poses_leave_the_depth_free_for_an_object_that_approaches(tmp_path)
     # The estimate follows the swing in depth (measured: correlation 0.93, a range of 1.78 units
     # against the truth's 1.17; held anyway, 0.86 and 0.48: flattened).
     centre = np.append(gt.vertices[train[0]].mean(0), 1.0)
-    found_depth = np.einsum("fj,fj->f", viewmats[:, 2], estimate.transforms() @ centre)
-    true_depth = np.array([viewmats[j, 2] @ kabsch(gt.vertices[train[0]], gt.vertices[k]) @ centre
-                           for j, k in enumerate(train)])
+    found_depth = _camera_depths(estimate.transforms(), viewmats, centre)
+    true_depth = _camera_depths(_truth_motion(gt, train), viewmats, centre)
     assert np.ptp(true_depth) > 0.9
     assert np.corrcoef(found_depth, true_depth)[0, 1] > 0.9
     assert np.ptp(found_depth) > 0.8 * np.ptp(true_depth)
 
 
+def _truth_motion(gt, frames) -> np.ndarray:
+    """(F, 4, 4) rigid motion of the truth's whole mesh from ``frames[0]`` to each frame (Kabsch)."""
+    return np.stack([kabsch(gt.vertices[frames[0]], gt.vertices[k]) for k in frames])
+
+
+def _camera_depths(transforms: np.ndarray, viewmats: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """(F,) camera depth of the homogeneous ``point`` (4,) moved by each of (F, 4, 4) transforms,
+    seen by (F, 4, 4) world-to-camera ``viewmats``."""
+    return np.einsum("fj,fj->f", viewmats[:, 2], transforms @ point)
+
+
 def _depth_ratios(estimate, gt, frames, viewmats) -> np.ndarray:
     """(F,) camera depth of the truth's frame-0 centroid moved by the estimate, over its depth
-    moved by the truth's rigid motion (Kabsch of the whole mesh)."""
+    moved by the truth's rigid motion."""
     centre = np.append(gt.vertices[frames[0]].mean(0), 1.0)
-    found = estimate.transforms() @ centre
-    truth = np.stack([kabsch(gt.vertices[frames[0]], gt.vertices[k]) @ centre for k in frames])
-    return (np.einsum("fj,fj->f", viewmats[:, 2], found)
-            / np.einsum("fj,fj->f", viewmats[:, 2], truth))
+    return (_camera_depths(estimate.transforms(), viewmats, centre)
+            / _camera_depths(_truth_motion(gt, frames), viewmats, centre))
 
 
 def _truth_turns(gt, frames) -> list:
-    """Rotations of the truth's whole mesh from ``frames[0]`` to each frame (Kabsch)."""
-    return [Rotation.from_matrix(kabsch(gt.vertices[frames[0]], gt.vertices[k])[:3, :3])
-            for k in frames]
+    """Rotations of the truth's whole mesh from ``frames[0]`` to each frame."""
+    return [Rotation.from_matrix(m[:3, :3]) for m in _truth_motion(gt, frames)]
 
 
 def test_root_poses_from_tracks_follow_a_turntable_past_the_half_turn(tmp_path):

@@ -253,24 +253,27 @@ def estimate_root_poses(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarra
             _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent, window,
                     WINDOW_ITERATIONS, max_points=WINDOW_POINTS)
     console.info(f"root poses: bundle adjustment of {tracks.num_observations} track observations")
-    chain = (canonical.copy(), rotvecs.copy(), offsets.copy())
-    residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
-                       np.arange(count), iterations)
+
+    def final_adjustment(hold: float):
+        """The chain's result adjusted over all frames, on copies: (points, rotvecs, offsets)
+        and the median reprojection error."""
+        state = (canonical.copy(), rotvecs.copy(), offsets.copy())
+        residual = _adjust(tracks, viewmats, Ks, state[0], pivot, state[1], state[2], extent,
+                           np.arange(count), iterations, depth_hold=hold)
+        return state, residual
+
+    (points, rots, offs), residual = final_adjustment(0.0)
     held = False
     if depth_hold > 0:
-        free = (canonical, rotvecs, offsets)
-        canonical, rotvecs, offsets = (a.copy() for a in chain)
-        held_residual = _adjust(tracks, viewmats, Ks, canonical, pivot, rotvecs, offsets, extent,
-                                np.arange(count), iterations, depth_hold=depth_hold)
+        held_state, held_residual = final_adjustment(depth_hold)
         held = bool(held_residual <= DEPTH_HOLD_SLACK * residual)
         if held:
-            residual = held_residual
+            (points, rots, offs), residual = held_state, held_residual
         else:
-            canonical, rotvecs, offsets = free
             console.info(f"root poses: the object moves in depth (holding it costs "
                          f"{held_residual:.2f} px against {residual:.2f} px); depth left free")
-    return RootEstimate(rotvecs, offsets, residual, tracks.num_tracks, tracks.num_observations,
-                        pivot, canonical, depth_held=held)
+    return RootEstimate(rots, offs, residual, tracks.num_tracks, tracks.num_observations,
+                        pivot, points, depth_held=held)
 
 
 def estimate_root_poses_from_init(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray,
@@ -334,7 +337,7 @@ def _adjust(tracks: PointTracks, viewmats: np.ndarray, Ks: np.ndarray, canonical
     pts = torch.tensor((canonical[points] - pivot) / extent / unit, dtype=torch.float64,
                        requires_grad=True)
     unit = torch.as_tensor(unit, dtype=torch.float64)
-    # Row 2 of each frame's world-to-camera: the pivot's camera depth, in units of the extent.
+    # (W, 4) row 2 of each frame's world-to-camera: a world point's camera depth.
     depth_row = torch.as_tensor(viewmats[frames][:, 2], dtype=torch.float64)
 
     def residuals() -> torch.Tensor:
