@@ -93,7 +93,11 @@ def test_root_poses_leave_the_depth_free_for_an_object_that_approaches(tmp_path)
     """The pivot-depth prior must not bend a turn whose object really moves in depth: the
     `rigid` scene swinging 1.2 units towards and away from the camera (its centre between 2.2
     and 3.3 units deep). Holding the depth costs reprojection error there (measured 0.70 px
-    against 0.24 px free, and a 32-degree error in the turn), so the free solution is kept."""
+    against 0.24 px free, and a 32-degree error in the turn), so the free solution is kept.
+    The free solution is the truth seen at another scale about the camera: every frame's
+    tracked points come out the same factor too deep (1.22-1.27; the first lift puts the
+    object where the init assumes it, 2.7 units, while this swing starts at 2.26), which one
+    fixed camera cannot tell apart from the truth."""
     scene = make_scene("rigid", tmp_path / "approach", resolution=128, frames=24,
                        motion={"amplitude": [0.22, 0.12, 1.2]})
     data, gt = load_dataset(scene), load_ground_truth(scene)
@@ -109,14 +113,17 @@ def test_root_poses_leave_the_depth_free_for_an_object_that_approaches(tmp_path)
     found = Rotation.from_rotvec(estimate.rotvecs)
     errors = [np.degrees((found[i] * truth[i].inv()).magnitude()) for i in range(len(train))]
     assert max(errors) < 8, np.round(errors, 1)   # measured 2.5
-    # The estimate follows the swing in depth (measured: correlation 0.93, a range of 1.78 units
-    # against the truth's 1.17; held anyway, 0.86 and 0.48: flattened).
+    # The estimate follows the swing in depth (measured: correlation 0.93; held anyway, 0.86).
     centre = np.append(gt.vertices[train[0]].mean(0), 1.0)
     found_depth = _camera_depths(estimate.transforms(), viewmats, centre)
     true_depth = _camera_depths(_truth_motion(gt, train), viewmats, centre)
     assert np.ptp(true_depth) > 0.9
     assert np.corrcoef(found_depth, true_depth)[0, 1] > 0.9
-    assert np.ptp(found_depth) > 0.8 * np.ptp(true_depth)
+    # ... as a similarity of the truth: the tracked points' depth over the true depth at their
+    # pixels is one factor in every frame (measured 1.223-1.272, a spread of 1.04; held anyway
+    # 0.79-1.14, a spread of 1.45: the swing flattened).
+    ratios = _track_depth_ratios(estimate, tracks, gt, train, viewmats)
+    assert ratios.max() / ratios.min() < 1.15, np.round(ratios, 3)
 
 
 def _truth_motion(gt, frames) -> np.ndarray:
@@ -136,6 +143,24 @@ def _depth_ratios(estimate, gt, frames, viewmats) -> np.ndarray:
     centre = np.append(gt.vertices[frames[0]].mean(0), 1.0)
     return (_camera_depths(estimate.transforms(), viewmats, centre)
             / _camera_depths(_truth_motion(gt, frames), viewmats, centre))
+
+
+def _track_depth_ratios(estimate, tracks, gt, frames, viewmats) -> np.ndarray:
+    """(F,) per frame, the median over the tracks seen there of the estimate's camera depth of
+    the track's point over the truth's depth map at the track's pixel: a constant for an
+    estimate that equals the truth up to a scaling about the (fixed) camera."""
+    transforms = estimate.transforms()
+    out = []
+    for k, f in enumerate(frames):
+        seen = np.nonzero(tracks.valid[:, k])[0]
+        world = estimate.points[seen] @ transforms[k, :3, :3].T + transforms[k, :3, 3]
+        found = world @ viewmats[k, 2, :3] + viewmats[k, 2, 3]
+        px = np.clip(np.floor(tracks.uv[seen, k]).astype(int), 0,
+                     np.array(gt.depth.shape[2:0:-1]) - 1)
+        truth = gt.depth[f][px[:, 1], px[:, 0]]
+        on = truth > 0
+        out.append(np.median(found[on] / truth[on]))
+    return np.array(out)
 
 
 def _truth_turns(gt, frames) -> list:
