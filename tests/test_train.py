@@ -237,6 +237,22 @@ def test_sigkill_mid_fit_then_resume_matches_an_uninterrupted_run(ball, tmp_path
     assert torch.allclose(ma.canonical.means, mb.canonical.means, atol=1e-3)
 
 
+def test_resume_with_nothing_to_resume_says_so_and_fits_from_the_start(ball, tmp_path, capsys):
+    """`--resume` on a fresh --out, or on a run stopped before its first checkpoint, fits from
+    step 0 and says so instead of failing or passing over it in silence."""
+    config = _tiny(coarse_surfels=0, **{"full.steps": 2, "checkpoint_every": 100})
+    capsys.readouterr()
+    fit(ball, tmp_path / "run", config=config, resume=True)
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert load_run(tmp_path / "run").fit_step == 2
+    for path in (tmp_path / "run" / "checkpoints").glob("*.pt"):
+        path.unlink()                      # as if stopped before the first checkpoint
+    fit(ball, tmp_path / "run", resume=True)
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "starting from step 0" in err
+    assert load_run(tmp_path / "run").fit_step == 2
+
+
 def test_resume_skips_a_damaged_checkpoint(ball, tmp_path, capsys):
     """A checkpoint that no longer loads costs the steps since the one before it, not the run;
     when none loads, the error says to fit again."""

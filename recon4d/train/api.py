@@ -54,6 +54,7 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
                                       default_preset_name, resolve_for_dataset)
     from recon4d.train.config import preset as make_preset
     from recon4d.train.trainer import Trainer
+    from recon4d.utils import console
 
     run = RunDir(run_dir)
     if resume and run.config_path.is_file():
@@ -63,6 +64,8 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
             raise UserError(f"{run.config_path} cannot be resumed ({exc}): fit again without "
                             "--resume") from exc
     else:
+        if resume:
+            console.info(f"nothing to resume in '{run.root}' (no config.json): starting a new fit")
         resume = False
         if config is None:
             try:
@@ -85,8 +88,6 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     device = resolve_device(config.device)
     require_backend(config.backend, device)
     if config.preset == "gpu-quality" and device.type == "cpu" and not resume:
-        from recon4d.utils import console
-
         # Said before the ingest: the preset's 5500+ steps of up to 150k surfels take hours on a
         # laptop CPU (the progress line's estimate would say so only after the first steps).
         console.warn("the gpu-quality preset is running on the CPU: expect hours, not minutes "

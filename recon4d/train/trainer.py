@@ -741,6 +741,9 @@ class Trainer:
     def _fit(self, resume: bool) -> DynamicSurfelModel:
         cfg = self.config
         if not (resume and self.restore()):
+            if resume:
+                # A fit stopped before its first checkpoint: its config is there, no weights.
+                console.info(f"no checkpoint in '{self.run.checkpoints}' yet: starting from step 0")
             self.initialise()
         total = cfg.total_steps
         if self.step >= total:
