@@ -237,6 +237,22 @@ def test_sigkill_mid_fit_then_resume_matches_an_uninterrupted_run(ball, tmp_path
     assert torch.allclose(ma.canonical.means, mb.canonical.means, atol=1e-3)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_resume_restores_a_checkpoint_on_each_device(ball, tmp_path, device):
+    """A checkpoint mapped onto the fit's device still restores: its RNG states must go back as
+    CPU byte tensors (on CUDA, before the fix, every --resume raised 'RNG state must be a
+    torch.ByteTensor')."""
+    config = apply_overrides(preset("test"), {"coarse.steps": 3, "full.steps": 7,
+                                              "checkpoint_every": 4, "device": device})
+    fit(ball, tmp_path / "run", config=config)
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / "step_0000010.pt").unlink()            # as if killed after step 8's checkpoint
+    fit(ball, tmp_path / "run", resume=True)
+    steps = [r["step"] for r in RunDir(tmp_path / "run").read_metrics_log() if "loss" in r]
+    assert steps[-1] == 9 and steps.count(9) == 2     # steps 8 and 9 ran again
+    assert load_run(tmp_path / "run").fit_step == 10
+
+
 def test_resume_with_nothing_to_resume_says_so_and_fits_from_the_start(ball, tmp_path, capsys):
     """`--resume` on a fresh --out, or on a run stopped before its first checkpoint, fits from
     step 0 and says so instead of failing or passing over it in silence."""

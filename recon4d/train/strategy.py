@@ -163,7 +163,7 @@ class DensifyPrune:
         self.grad_sum = state.get("grad_sum")
         self.count = state.get("count")
         if state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
+            self.generator.set_state(state["generator"].cpu())
 
 
 def upsample(canonical: CanonicalSurfels, target: int, generator: torch.Generator | None = None) -> None:

@@ -658,9 +658,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.strategy.load_state_dict(state["strategy"])
         self.robust.load_state_dict(state["robust"])
-        self.generator.set_state(state["rng"])
+        # RNG states are CPU byte tensors whatever device the checkpoint was mapped to.
+        self.generator.set_state(state["rng"].cpu())
         self._frame_queue = [int(f) for f in state.get("frame_queue", [])]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self._neighbours = state.get("neighbours")
         plane = state.get("mirror_plane")
         self.mirror_plane = None if plane is None else MirrorPlane(**{**plane, "normal": tuple(plane["normal"])})
