@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from recon4d.data.dataset import load_dataset
-from recon4d.data.tracks import point_tracks
+from recon4d.data.tracks import point_tracks, sample_bilinear
 from recon4d.export.transforms import kabsch
 from recon4d.model.init import init_from_masks, project_points
 from recon4d.model.root_from_tracks import RootEstimate, estimate_root_poses
@@ -32,6 +32,25 @@ def _sliding_square(frames=6, size=64, step=(2, 1)):
         images[k, y:y + 24, x:x + 24] = texture
         masks[k, y:y + 24, x:x + 24] = 1
     return images, masks
+
+
+def test_bilinear_sampling_takes_more_points_than_a_remap_map_has_rows():
+    """cv2.remap refuses maps of 32767 rows or more; a 1024-px clip's grid has more tracks than
+    that (it raised cv2.error before the points were laid out as a wide map)."""
+    rng = np.random.default_rng(1)
+    field = rng.random((64, 80, 2)).astype(np.float32)
+    uv = rng.uniform([0.5, 0.5], [79.5, 63.5], size=(40_000, 2))
+    found = sample_bilinear(field, uv)
+    # Bilinear by hand: pixel centres at +0.5.
+    x, y = uv[:, 0] - 0.5, uv[:, 1] - 0.5
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, 79), np.minimum(y0 + 1, 63)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    expected = ((1 - fy) * ((1 - fx) * field[y0, x0] + fx * field[y0, x1])
+                + fy * ((1 - fx) * field[y1, x0] + fx * field[y1, x1]))
+    assert found.shape == (40_000, 2)
+    assert np.abs(found - expected).max() < 1e-3
+    assert sample_bilinear(field, np.zeros((0, 2))).shape == (0, 2)
 
 
 def test_point_tracks_follow_a_known_motion_and_stay_on_the_object():

@@ -38,17 +38,29 @@ class PointTracks:
         return int(self.valid.sum())
 
 
+REMAP_COLUMNS = 1024
+"""Width of the coordinate maps handed to cv2.remap (see :func:`sample_bilinear`)."""
+
+
 def sample_bilinear(field: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """(H, W, C) float image at (N, 2) pixel coordinates (pixel centres at +0.5) -> (N, C);
     coordinates outside take the nearest border value."""
     import cv2
 
-    x = (uv[:, 0] - 0.5).astype(np.float32).reshape(-1, 1)
-    y = (uv[:, 1] - 0.5).astype(np.float32).reshape(-1, 1)
+    # cv2.remap takes maps of fewer than 32767 rows (SHRT_MAX): the points are laid out as a
+    # (rows, REMAP_COLUMNS) map instead of one column, so a 1024-px clip's tens of thousands
+    # of tracks pass too.
+    count = len(uv)
+    rows = max(1, -(-count // REMAP_COLUMNS))
+    x = np.full(rows * REMAP_COLUMNS, -1.0, np.float32)
+    y = np.full(rows * REMAP_COLUMNS, -1.0, np.float32)
+    x[:count] = uv[:, 0] - 0.5
+    y[:count] = uv[:, 1] - 0.5
+    x, y = x.reshape(rows, REMAP_COLUMNS), y.reshape(rows, REMAP_COLUMNS)
     channels = [cv2.remap(np.ascontiguousarray(field[..., c], dtype=np.float32), x, y,
-                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)[:, 0]
+                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).reshape(-1)[:count]
                 for c in range(field.shape[2])]
-    return np.stack(channels, 1).astype(np.float64)
+    return np.stack(channels, 1).astype(np.float64).reshape(count, field.shape[2])
 
 
 def point_tracks(frames: np.ndarray, masks: np.ndarray, stride: int = 4,
