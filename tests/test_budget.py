@@ -87,8 +87,11 @@ def test_a_fit_with_a_short_budget_shortens_its_full_stage_once_and_records_it(
     assert RunDir(generous).read_metrics_log()[-1]["step"] == 44
 
 
-def test_a_budget_given_on_resume_after_the_decision_point_is_said_not_to_apply(
+def test_a_budget_given_on_resume_past_the_timing_window_still_applies(
         ball, tmp_path, capsys):  # noqa: F811
+    """A run stopped past the steps the budget times (full-stage steps 5-25), with no decision
+    yet, times the steps from where it resumed and is shortened there (it used to run all its
+    remaining steps with a warning, so a batch's budget did not hold across a restart)."""
     small = {"coarse.steps": 4, "full.steps": 60, "model.num_surfels": 200, "coarse_surfels": 50,
              "strategy.max_surfels": 300, "num_threads": 1, "checkpoint_every": 40}
     run_dir = tmp_path / "run"
@@ -101,7 +104,11 @@ def test_a_budget_given_on_resume_after_the_decision_point_is_said_not_to_apply(
     with pytest.raises(KeyboardInterrupt):
         fit(ball, run_dir, preset="test", overrides=small, on_step=interrupt)
     capsys.readouterr()
-    fit(ball, run_dir, preset="test", overrides={**small, "time_budget_s": 1.0}, resume=True)
-    err = capsys.readouterr().err
-    assert "past that point: it runs its remaining 24 steps" in err
-    assert RunDir(run_dir).read_metrics_log()[-1]["step"] == 64
+    fit(ball, run_dir, preset="test", overrides={**small, "time_budget_s": 0.5}, resume=True)
+    records = RunDir(run_dir).read_metrics_log()
+    decisions = [r for r in records if "time_budget" in r]
+    assert [r["step"] for r in decisions] == [60]           # timed over steps 40-60
+    full_steps = decisions[0]["time_budget"]["full_steps"]
+    assert full_steps < 60                                   # 20 steps alone outlast 0.5 s
+    assert records[-1]["final"] and records[-1]["step"] == 4 + full_steps
+    assert RunDir(run_dir).read_config()["full"]["steps"] == full_steps

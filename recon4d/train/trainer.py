@@ -756,21 +756,20 @@ class Trainer:
         start = time.monotonic()
         cpu_start = time.process_time()
         with StopRequests() as stop:
-            probe_from = self.coarse_steps + PROBE_SKIP
+            # Time a few full-stage steps, then shorten the stage once if it would not fit. A
+            # run resumed inside or past that window without a decision times the steps from
+            # where it resumed (they were run in the process that stopped).
+            probe_from = max(self.coarse_steps + PROBE_SKIP, self.step)
             probe_to = probe_from + PROBE_STEPS
-            if cfg.time_budget_s > 0 and self.step <= probe_from and probe_to < total:
-                # Time a few full-stage steps, then shorten the stage once if it would not fit.
+            decided = self.step > 0 and any("time_budget" in record
+                                            for record in self.run.read_metrics_log())
+            if cfg.time_budget_s > 0 and not decided and probe_to < total:
                 self._run_steps(probe_from, start, cpu_start, stop, of_total=total)
                 probe_start = time.monotonic()
                 self._run_steps(probe_to, start, cpu_start, stop, of_total=total)
                 self._apply_time_budget((time.monotonic() - probe_start) / PROBE_STEPS,
                                         time.monotonic() - start)
                 total = self.config.total_steps
-            elif cfg.time_budget_s > 0 and self.step > probe_from and not any(
-                    "time_budget" in record for record in self.run.read_metrics_log()):
-                console.warn(f"the time budget is applied {PROBE_SKIP + PROBE_STEPS} steps into "
-                             f"the full stage and this run is past that point: it runs its "
-                             f"remaining {total - self.step} steps")
             self._run_steps(total, start, cpu_start, stop)
         self.save()
         elapsed = time.monotonic() - start
