@@ -253,6 +253,24 @@ def test_resume_restores_a_checkpoint_on_each_device(ball, tmp_path, device):
     assert load_run(tmp_path / "run").fit_step == 10
 
 
+def test_resume_after_a_kill_during_the_final_summary_writes_it(ball, tmp_path):
+    """Killed after the final checkpoint, before the summary (the last renders of every frame):
+    --resume finds the fit complete and writes the summary instead of leaving metrics.json
+    without its "fit" record for good."""
+    config = _tiny(coarse_surfels=0, **{"full.steps": 3, "checkpoint_every": 100})
+    fit(ball, tmp_path / "run", config=config)
+    run = RunDir(tmp_path / "run")
+    expected = run.read_metrics()["fit"]
+    metrics = run.read_metrics()
+    del metrics["fit"]
+    run.metrics_path.write_text(json.dumps(metrics))   # as if killed before update_metrics
+    fit(ball, tmp_path / "run", resume=True)
+    summary = run.read_metrics()["fit"]
+    assert summary["steps"] == 3 and summary["fit_seconds"] is None
+    assert summary["train_psnr"] == pytest.approx(expected["train_psnr"], abs=1e-6)
+    assert summary["heldout_psnr"] == pytest.approx(expected["heldout_psnr"], abs=1e-6)
+
+
 def test_resume_with_nothing_to_resume_says_so_and_fits_from_the_start(ball, tmp_path, capsys):
     """`--resume` on a fresh --out, or on a run stopped before its first checkpoint, fits from
     step 0 and says so instead of failing or passing over it in silence."""

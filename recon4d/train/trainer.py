@@ -749,6 +749,10 @@ class Trainer:
         total = cfg.total_steps
         if self.step >= total:
             console.info(f"fit already complete at step {self.step}")
+            if "fit" not in self.run.read_metrics():
+                # Stopped between the final checkpoint and the summary: write it now (the
+                # timing of the process that stopped is lost).
+                self._finish(None, None)
             return self.model
         console.info(f"fitting {len(self.train_frames)} frames "
                      f"({self.dataset.width}x{self.dataset.height}) for {total} steps "
@@ -772,19 +776,24 @@ class Trainer:
                 total = self.config.total_steps
             self._run_steps(total, start, cpu_start, stop)
         self.save()
-        elapsed = time.monotonic() - start
         # CPU seconds of this process: on a shared machine wall time measures the neighbours.
-        summary = {"steps": self.step, "fit_seconds": round(elapsed, 1),
-                   "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        self._finish(time.monotonic() - start, time.process_time() - cpu_start)
+        return self.model
+
+    def _finish(self, elapsed: float | None, cpu_seconds: float | None) -> None:
+        """The fit's summary (steps, timing, train and held-out PSNR) into metrics.json and the
+        log; ``elapsed`` / ``cpu_seconds`` None when the steps ran in an earlier process."""
+        summary = {"steps": self.step,
+                   "fit_seconds": None if elapsed is None else round(elapsed, 1),
+                   "cpu_seconds": None if cpu_seconds is None else round(cpu_seconds, 1),
                    "threads": torch.get_num_threads(),
                    "num_surfels": len(self.model.canonical),
                    "train_psnr": self.evaluate(self.train_frames)}
-        if not cfg.all_frames:
+        if not self.config.all_frames:
             summary["heldout_psnr"] = self.evaluate(self.dataset.test_indices())
         self.run.log_metrics({"step": self.step, "final": True, **{k: v for k, v in summary.items()
                                                                    if v is not None}})
         self.run.update_metrics({"fit": summary})
-        console.info("fit done in {:.0f}s: train PSNR {:.2f} dB{}".format(
-            elapsed, summary["train_psnr"] or math.nan,
+        console.info("fit done{}: train PSNR {:.2f} dB{}".format(
+            "" if elapsed is None else f" in {elapsed:.0f}s", summary["train_psnr"] or math.nan,
             f", held-out PSNR {summary['heldout_psnr']:.2f} dB" if summary.get("heldout_psnr") else ""))
-        return self.model
