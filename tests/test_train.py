@@ -26,8 +26,9 @@ from recon4d.model.protocol import DynamicScene
 from recon4d.model.scene import DynamicSurfelModel
 from recon4d.rundir import RunDir
 from recon4d.train import fit
-from recon4d.train.config import (StrategyConfig, apply_overrides, config_from_dict, preset,
-                                  resolve_for_dataset, scale_for_resolution)
+from recon4d.train.config import (StrategyConfig, apply_overrides, config_from_dict,
+                                  config_problem, preset, resolve_for_dataset,
+                                  scale_for_resolution)
 from recon4d.train.optim import Adam
 from recon4d.train.strategy import DensifyPrune, edit_rows
 from recon4d.utils.checkpoint import latest_checkpoint
@@ -553,6 +554,37 @@ def test_config_overrides_and_json_round_trip():
     assert again == config
     with pytest.raises(ValueError, match="full.stepz"):
         apply_overrides(config, {"full.stepz": 3})
+
+
+def test_a_recorded_loss_set_resumes_as_recorded():
+    """config.json's stage losses are taken whole on resume: a fit built without some preset
+    losses (Python API) does not gain them back from the preset (it gained 13 before)."""
+    config = apply_overrides(preset("cpu-fast"), {"model.blend": "lbs"})
+    config = dataclasses.replace(config, full=dataclasses.replace(config.full, losses={"photo": 1.0}),
+                                 coarse=dataclasses.replace(config.coarse, lr_scales={}))
+    again = config_from_dict(json.loads(json.dumps(_jsonable(config))))
+    assert again.full.losses == {"photo": 1.0} and again == config
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"checkpoint_every": 0}, "checkpoint_every must be a whole number 1 or more"),
+    ({"log_every": 0}, "log_every must be a whole number 1 or more"),
+    ({"strategy.every": 0}, "strategy.every must be a whole number 1 or more"),
+    ({"full.frames_per_step": 0}, "full.frames_per_step must be a whole number 1 or more"),
+    ({"full.losses.phot": 2.0}, "full.losses.phot is not a loss (known: between, "),
+    ({"coarse.lr_scales": {"mean": 10.0}}, "coarse.lr_scales.mean is not a parameter group"),
+    ({"full.lr_scales": {"means": -1.0}}, "full.lr_scales.means must be a number 0 or more"),
+    ({"lr.sh_dc": -0.01}, "lr.sh_dc must be a number 0 or more"),
+    ({"full.lr_scale": float("nan")}, "full.lr_scale must be a number 0 or more"),
+])
+def test_settings_that_cannot_work_are_refused_before_the_fit(ball, tmp_path, overrides, expected):
+    """Each of these used to pass: a zero cadence divided by zero some steps in, a misspelt
+    loss or group did nothing, a negative rate dropped its group (docs/fit.md)."""
+    assert config_problem(preset("cpu-fast")) is None
+    with pytest.raises(UserError, match="fix the option") as caught:
+        fit(ball, tmp_path / "run", preset="test", overrides=overrides)
+    assert expected in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_stage_lr_scales_multiply_one_group_in_that_stage_only(ball, tmp_path):

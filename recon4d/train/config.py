@@ -96,6 +96,11 @@ class LearningRates:
     fraction of itself over the full stage."""
 
 
+
+LR_GROUPS = tuple(f.name for f in dataclasses.fields(LearningRates)
+                  if f.name not in ("means_final", "final_ratio"))
+"""The optimizer's parameter groups, each with its rate in :class:`LearningRates`."""
+
 @dataclass
 class StrategyConfig:
     """Densification and pruning (progress is the fraction of the full stage)."""
@@ -172,6 +177,10 @@ def _coarse_losses() -> dict[str, Weight]:
     return {"photo": 1.0, "mask": 1.0, "rigidity": 3.0, "bone_smooth": 0.3, "root_smooth": 0.3,
             "skin_smooth": 0.05, "depth": 0.1, "depth_gauge": 0.0, "root_prior": 1.0}
 
+
+
+LOSS_NAMES = frozenset(_full_losses()) | frozenset(_coarse_losses())
+"""The loss terms a stage's ``losses`` may weight."""
 
 @dataclass
 class FitConfig:
@@ -298,9 +307,34 @@ def config_problem(config: FitConfig) -> str | None:
             return f"{stage_name}.steps must be a whole number 0 or more, got {stage.steps!r}"
         if bad_number(stage.resolution, 1e-6) or stage.resolution > 1:
             return f"{stage_name}.resolution must be in (0, 1], got {stage.resolution!r}"
+        if bad_whole(stage.frames_per_step, 1):
+            return (f"{stage_name}.frames_per_step must be a whole number 1 or more, "
+                    f"got {stage.frames_per_step!r}")
         for loss, weight in stage.losses.items():
+            if loss not in LOSS_NAMES:
+                return (f"{stage_name}.losses.{loss} is not a loss (known: "
+                        f"{', '.join(sorted(LOSS_NAMES))})")
             if any(bad_number(value, 0.0) for value in _weight_values(weight)):
                 return f"{stage_name}.losses.{loss} must be a number 0 or more, got {weight!r}"
+        if bad_number(stage.lr_scale, 0.0):
+            return f"{stage_name}.lr_scale must be a number 0 or more, got {stage.lr_scale!r}"
+        for group, scale in stage.lr_scales.items():
+            if group not in LR_GROUPS:
+                return (f"{stage_name}.lr_scales.{group} is not a parameter group (known: "
+                        f"{', '.join(LR_GROUPS)})")
+            if bad_number(scale, 0.0):
+                return f"{stage_name}.lr_scales.{group} must be a number 0 or more, got {scale!r}"
+    for group in LR_GROUPS + ("means_final", "final_ratio"):
+        if bad_number(getattr(config.lr, group), 0.0):
+            return f"lr.{group} must be a number 0 or more, got {getattr(config.lr, group)!r}"
+    # Cadences: a 0 here would divide by zero some steps into the fit.
+    for name in ("log_every", "checkpoint_every", "knn", "max_bad_steps"):
+        if bad_whole(getattr(config, name), 1):
+            return f"{name} must be a whole number 1 or more, got {getattr(config, name)!r}"
+    if bad_whole(config.eval_every, 0):
+        return f"eval_every must be a whole number 0 or more (0: off), got {config.eval_every!r}"
+    if bad_whole(config.strategy.every, 1):
+        return f"strategy.every must be a whole number 1 or more, got {config.strategy.every!r}"
     return None
 
 
@@ -404,12 +438,14 @@ def default_preset_name() -> str:
 
 def config_from_dict(data: dict[str, Any]) -> FitConfig:
     """Rebuild a FitConfig from its JSON form (config.json's ``config``); unknown keys are an
-    error naming the key, missing keys take the defaults of the recorded preset."""
+    error naming the key, missing keys take the defaults of the recorded preset. A recorded
+    dict setting (a stage's losses, lr_scales) is taken whole, not merged into the preset's:
+    a fit run without some loss resumes without it."""
     base = preset(data.get("preset", "cpu-fast")) if data.get("preset") in PRESETS else FitConfig()
-    return _merge(base, data, "config")
+    return _merge(base, data, "config", whole_dicts=True)
 
 
-def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
+def _merge(obj: Any, data: dict[str, Any], where: str, whole_dicts: bool = False) -> Any:
     names = {f.name: f for f in dataclasses.fields(obj)}
     updates = {}
     for key, value in data.items():
@@ -417,9 +453,9 @@ def _merge(obj: Any, data: dict[str, Any], where: str) -> Any:
             raise ValueError(f"{where}.{key}: unknown setting")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            updates[key] = _merge(current, value, f"{where}.{key}")
-        elif isinstance(current, dict) and isinstance(value, dict):
-            updates[key] = {**current, **value}  # e.g. one loss weight of a stage
+            updates[key] = _merge(current, value, f"{where}.{key}", whole_dicts)
+        elif isinstance(current, dict) and isinstance(value, dict) and not whole_dicts:
+            updates[key] = {**current, **value}  # an override of one loss weight of a stage
         else:
             updates[key] = value
     return dataclasses.replace(obj, **updates)
