@@ -272,6 +272,34 @@ def test_resume_after_a_kill_during_the_final_summary_writes_it(ball, tmp_path):
     assert summary["heldout_psnr"] == pytest.approx(expected["heldout_psnr"], abs=1e-6)
 
 
+def test_rates_given_on_resume_apply_and_a_resume_the_checkpoint_cannot_take_changes_nothing(
+        ball, tmp_path):
+    """A learning rate given with --resume used to be overwritten by the checkpoint's for the
+    rest of the stage; settings that switch a parameter group off raised a bare ValueError
+    after config.json had been rewritten, so every later --resume failed the same way."""
+    from recon4d.data.dataset import load_dataset
+    from recon4d.train.trainer import Trainer
+
+    small = {"coarse.steps": 3, "full.steps": 7, "checkpoint_every": 4}
+    fit(ball, tmp_path / "run", preset="test", overrides=small)
+    run = RunDir(tmp_path / "run")
+    (run.checkpoints / "step_0000010.pt").unlink()              # resume at step 8 (full stage)
+    saved = config_from_dict(run.read_config())
+    faster = apply_overrides(saved, {"lr.sh_dc": 10 * saved.lr.sh_dc})
+    trainer = Trainer(load_dataset(run.dataset), run, faster)
+    assert trainer.restore() and trainer.stage_name == "full"
+    rates = {g["name"]: g["base_lr"] for g in trainer.optimizer.param_groups}
+    assert rates["sh_dc"] == pytest.approx(10 * saved.lr.sh_dc * saved.full.lr_scale)
+    assert rates["opacity"] == pytest.approx(saved.lr.opacity * saved.full.lr_scale)
+
+    recorded = run.config_path.read_bytes()
+    with pytest.raises(UserError, match="cannot take the settings given now"):
+        fit(ball, tmp_path / "run", resume=True, overrides={"full.train_refine": False})
+    assert run.config_path.read_bytes() == recorded
+    fit(ball, tmp_path / "run", resume=True)
+    assert load_run(tmp_path / "run").fit_step == 10
+
+
 def test_resume_with_nothing_to_resume_says_so_and_fits_from_the_start(ball, tmp_path, capsys):
     """`--resume` on a fresh --out, or on a run stopped before its first checkpoint, fits from
     step 0 and says so instead of failing or passing over it in silence."""

@@ -53,7 +53,8 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     from recon4d.train.config import (FitConfig, apply_overrides, config_from_dict, config_problem,
                                       default_preset_name, resolve_for_dataset)
     from recon4d.train.config import preset as make_preset
-    from recon4d.train.trainer import Trainer
+    from recon4d.train.trainer import ResumeMismatch, Trainer
+    from recon4d.utils.atomic import atomic_write_bytes
     from recon4d.utils import console
 
     run = RunDir(run_dir)
@@ -102,6 +103,13 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
         _prepare_dataset(input_or_dataset, run.dataset, ingest_options)
     dataset = load_dataset(run.dataset)
     config = resolve_for_dataset(config, dataset.width, dataset.height, dataset.num_frames)
+    recorded = run.config_path.read_bytes() if resume else None
     run.write_config(config, kind="fit")
-    Trainer(dataset, run, config, on_step=on_step).fit(resume=resume)
+    try:
+        Trainer(dataset, run, config, on_step=on_step).fit(resume=resume)
+    except ResumeMismatch:
+        # The settings given now never ran: the run keeps the ones its checkpoints were made
+        # with, so a plain --resume still works.
+        atomic_write_bytes(run.config_path, recorded)
+        raise
     return run.root

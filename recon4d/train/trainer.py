@@ -74,6 +74,10 @@ def _weight_used(config: FitConfig, name: str) -> bool:
     return False
 
 
+class ResumeMismatch(UserError):
+    """The run's checkpoint does not fit the settings a resume was given (the optimizer's
+    parameter groups differ): the resume stops before anything is trained or written."""
+
 class Trainer:
     """Fits a :class:`DynamicSurfelModel` to a dataset, writing into a run directory."""
 
@@ -655,7 +659,20 @@ class Trainer:
         # The optimizer of the stage the checkpoint was taken in (same groups, same order).
         stage = self.config.coarse if self.stage_name == "coarse" else self.config.full
         self.optimizer = self._build_optimizer(stage)
-        self.optimizer.load_state_dict(state["optimizer"])
+        rates = {group["name"]: group["base_lr"] for group in self.optimizer.param_groups}
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:
+            raise ResumeMismatch(f"the checkpoint in '{self.run.checkpoints}' cannot take the "
+                                 f"settings given now ({exc}): resume without the changed "
+                                 "settings, or fit again into a new --out") from exc
+        # Rates given on resume apply from here (the checkpoint's moments stay): the group's
+        # rate keeps its place in the decay, scaled to the new base.
+        for group in self.optimizer.param_groups:
+            new_base = rates[group["name"]]
+            if group["base_lr"] != new_base and group["base_lr"] > 0:
+                group["lr"] *= new_base / group["base_lr"]
+                group["base_lr"] = new_base
         self.strategy.load_state_dict(state["strategy"])
         self.robust.load_state_dict(state["robust"])
         # RNG states are CPU byte tensors whatever device the checkpoint was mapped to.
