@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -83,6 +84,23 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_written_by_name_reaches_the_disk_before_its_name(tmp_path, monkeypatch):
+    """atomic_path (checkpoints, videos, GLBs): the temporary's data are fsynced before the
+    rename, so a power cut cannot leave the final name on an empty file."""
+    import recon4d.utils.atomic as atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(
+        f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append(("replace", str(a))),
+                                                            real_replace(a, b))[1])
+    with atomic.atomic_path(tmp_path / "ckpt.pt") as tmp:
+        tmp.write_bytes(b"weights")
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"weights"
+    assert events[:2] == [("fsync", str(tmp)), ("replace", str(tmp))], events
 
 
 def test_atomic_json_refuses_nan(tmp_path):

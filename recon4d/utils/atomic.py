@@ -20,7 +20,9 @@ TEMP_PREFIX = ".tmp-"
 """Name prefix of the temporary siblings (``.tmp-<name>-<random>``): a killed write leaves one."""
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a file's data or a directory's entries by name; silently skipped where the
+    platform or file system refuses (the write itself already succeeded)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -49,8 +51,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # The writer closed its file; its data reach the disk before the name does, so a
+        # power cut cannot leave ``path`` naming an empty file (a checkpoint that latest.json,
+        # fsynced itself, points to).
+        _fsync_path(tmp)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync_path(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -107,7 +113,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        _fsync_path(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
