@@ -65,10 +65,14 @@ class GroundTruth:
 
     @property
     def bbox_diagonal(self) -> float:
-        """Diagonal of the bounding box of all frames' vertices (the geometry metrics' unit)."""
+        """Diagonal of the bounding box of all frames' vertices: the unit of the temporal
+        jitter. Chamfer-L1 and F-score take each frame's own (:meth:`frame_bbox_diagonal`,
+        docs/scenes_eval.md), which a moving subject's clip-wide box would inflate."""
         return float(self.meta["bbox_diagonal"])
 
     def frame_bbox_diagonal(self, frame: int) -> float:
+        """Diagonal of frame ``frame``'s vertices' bounding box: the unit of that frame's
+        Chamfer-L1 and F-score threshold."""
         v = self.vertices[frame]
         return float(np.linalg.norm(v.max(0) - v.min(0)))
 

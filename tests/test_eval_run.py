@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from recon4d.cli.main import main
+from recon4d.errors import UserError
 from recon4d.data.dataset import load_dataset
 from recon4d.eval import evaluate_run
 from recon4d.eval.evaluate import EvalOptions
@@ -292,6 +294,53 @@ def test_eval_without_ground_truth_reports_image_metrics_only(tmp_path, scene_ru
     assert "novel_view" not in r and "geometry" not in r
     assert r["summary"]["psnr_heldout"] > 20.0
     assert r["temporal"]["jitter"] > 0 and "jitter_gt" not in r["temporal"]
+
+
+def test_a_frame_whose_mesh_fails_empties_the_means_instead_of_flattering_them(
+        scene_run, capsys):
+    """An empty per-frame mesh (Chamfer inf) used to drop out of the Chamfer mean while its
+    F-score 0 stayed in: the more frames failed, the better the headline looked."""
+    import trimesh
+
+    scene_dir, run = scene_run
+    double = _double(scene_dir)
+    broken = double.frame(double.gt.times[6])
+
+    def frame_mesh(scene, t):
+        if double.frame(t) == broken:
+            return trimesh.Trimesh(np.zeros((0, 3)), np.zeros((0, 3), np.int64), process=False)
+        return double.frame_mesh(scene, t)
+
+    capsys.readouterr()
+    r = evaluate_run(run.root, options=EvalOptions(samples=5_000, plot=False, animated=False),
+                     scene=double, frame_mesh_fn=frame_mesh)
+    geo = r["geometry"]
+    assert geo["frames"] == [2, 6] and geo["failed_frames"] == [6]
+    assert geo["chamfer_l1"][0] < 1e-3 and geo["chamfer_l1"][1] is None
+    assert geo["chamfer_l1_mean"] is None and geo["fscore_mean"] is None
+    assert "chamfer_l1" not in r["summary"]
+    assert "per-frame meshes of frames [6] are empty" in capsys.readouterr().err
+
+
+def test_eval_of_a_fit_on_every_frame_says_its_held_out_frames_were_trained_on(
+        tmp_path, scene_run, capsys):
+    scene_dir, _ = scene_run
+    run = RunDir(tmp_path / "run").create()
+    run.write_config({"preset": "test-double", "all_frames": True})
+    shutil.copytree(scene_dir, run.dataset)
+    capsys.readouterr()
+    r = evaluate_run(run.root, options=EvalOptions(plot=False, geometry_frames="none",
+                                                   animated=False), scene=_double(scene_dir))
+    assert r["heldout"]["trained_on"] is True
+    assert "trained on every frame (--all-frames)" in capsys.readouterr().err
+
+
+def test_ground_truth_without_its_cameras_is_a_one_line_error(tmp_path, scene_run):
+    scene_dir, run = scene_run
+    shutil.copytree(Path(scene_dir) / "gt", tmp_path / "gt_copy")   # no manifest.json beside it
+    with pytest.raises(UserError, match="has no input cameras .* not a copy of gt/"):
+        evaluate_run(run.root, tmp_path / "gt_copy", options=EvalOptions(plot=False),
+                     scene=_double(scene_dir))
 
 
 def test_cli_eval_errors_are_one_line(tmp_path, capsys):

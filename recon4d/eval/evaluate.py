@@ -130,8 +130,19 @@ def _transform(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
 
 
 def _mean(values) -> float | None:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
+    """Mean of per-frame figures, or None when there are none or any frame failed (None or
+    non-finite: an empty mesh, a NaN render). Leaving failed frames out would make the mean
+    look better the more frames fail; callers that skip frames on purpose (the interpolation
+    baseline's, which lack a neighbour) pass only the frames that count."""
+    values = list(values)
+    if not values or any(v is None or not np.isfinite(v) for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def _failed(frames, values) -> list[int]:
+    """The frames whose figure is None or non-finite."""
+    return [int(f) for f, v in zip(frames, values) if v is None or not np.isfinite(v)]
 
 
 def _finite(value):
@@ -179,6 +190,10 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         if gt.num_frames != data.num_frames:
             raise UserError(f"ground truth '{gt.root}' has {gt.num_frames} frames but the run's "
                             f"dataset has {data.num_frames}: pass the scene the run was fitted on")
+        if len(gt.viewmats) != gt.num_frames:
+            raise UserError(f"ground truth '{gt.root}' has no input cameras (no manifest.json "
+                            "beside its gt/ folder): pass the scene folder itself, not a copy "
+                            "of gt/")
 
     times = [float(t) for t in scene.frame_times.detach().cpu().numpy()]
     if len(times) != data.num_frames:
@@ -211,10 +226,18 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         pairs.append((target, rgb[0]))
     for key in ("psnr", "ssim", "mask_iou"):
         held[f"{key}_mean"] = _mean(held[key])
+    held["failed_frames"] = _failed(test, held["psnr"])
+    if held["failed_frames"]:
+        warn(f"held-out frames {held['failed_frames']} rendered non-finite values: the held-out "
+             "means are left empty (the model holds NaN: fit it again)")
     # The baseline and the fit compared on the same frames (those with two neighbours).
     both = [k for k, v in enumerate(held["interp_psnr"]) if v is not None]
     held["interp_psnr_mean"] = _mean([held["interp_psnr"][k] for k in both])
     held["psnr_mean_interp_frames"] = _mean([held["psnr"][k] for k in both])
+    if _trained_on_every_frame(run):
+        held["trained_on"] = True
+        warn("this fit trained on every frame (--all-frames): its 'held-out' frames were "
+             "training frames, so those figures say how well it fits, not how it generalises")
     result["heldout"] = held
 
     if gt is not None:
@@ -251,6 +274,14 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
         run.update_metrics({"eval": _jsonable(result)})
         info(f"eval: {', '.join(f'{k} {v:.4g}' for k, v in result['summary'].items() if v is not None)}")
     return _jsonable(result)
+
+
+def _trained_on_every_frame(run) -> bool:
+    """Whether the run's recorded fit config has ``all_frames`` (False when unreadable)."""
+    try:
+        return bool(run.read_config().get("all_frames", False))
+    except (UserError, OSError, ValueError):  # an old or foreign config.json: the protocol's rule
+        return False
 
 
 def _interpolation_baseline(data, index: int, target: np.ndarray) -> float | None:
@@ -357,11 +388,14 @@ def _geometry(gt, scene, times, fit_viewmats, frames, opts, frame_mesh_fn, track
         if fixed_camera:
             out["chamfer_l1_depth_scaled"].append(_finite(m["chamfer_l1_depth_scaled"]))
             out["depth_scale"].append(m["depth_scale"])
-    for k in keys:
-        out[f"{k}_mean"] = _mean(out[k])
-    if fixed_camera:
-        out["chamfer_l1_depth_scaled_mean"] = _mean(out["chamfer_l1_depth_scaled"])
-        out["depth_scale_mean"] = _mean(out["depth_scale"])
+    out["failed_frames"] = _failed(frames, out["chamfer_l1"])
+    if out["failed_frames"]:
+        # Every mean, not only Chamfer's: an empty mesh's F-score (0) is finite but no figure.
+        warn(f"the per-frame meshes of frames {out['failed_frames']} are empty or not finite: "
+             "the geometry means are left empty rather than taken over the other frames")
+    means = list(keys) + (["chamfer_l1_depth_scaled", "depth_scale"] if fixed_camera else [])
+    for k in means:
+        out[f"{k}_mean"] = None if out["failed_frames"] else _mean(out[k])
     return out
 
 
