@@ -3,7 +3,8 @@
 What it measures:
 
 - held-out frames (index % 4 == 2) rendered from the fitted input cameras over white, against
-  the input frame composited over white with its mask: PSNR, SSIM, mask IoU;
+  the input frame put over white with its mask (its own background replaced,
+  ``metrics.replace_background``): PSNR, SSIM, mask IoU;
 - with ground truth (a synthetic scene, ``gt_dir`` or ``RUN_DIR/dataset/gt``): novel-view
   PSNR/SSIM from the held-out cameras; per-frame meshes (``extract_frame_mesh``) against the
   ground-truth meshes: Chamfer-L1 / bbox diagonal, normal consistency, F-score at 1%; the
@@ -31,6 +32,8 @@ import numpy as np
 from recon4d.errors import UserError
 
 from . import geometry, metrics
+
+WHITE = (1.0, 1.0, 1.0)
 
 RenderFn = Callable[[Any, float, Any], tuple[np.ndarray, np.ndarray]]
 """(scene, t, Cameras) -> (rgb (C, H, W, 3) over white, alpha (C, H, W)), numpy float."""
@@ -218,7 +221,7 @@ def evaluate_run(run_dir: str | Path, gt_dir: str | Path | None = None, *,
     pairs = []
     for i in track(test, description="eval: held-out frames"):
         rgb, alpha = render_fn(scene, times[i], cams[i])
-        target = metrics.composite(data.frames[i], data.masks[i])
+        target = metrics.replace_background(data.frames[i], data.masks[i], data.background)
         held["psnr"].append(metrics.psnr(rgb[0], target))
         held["ssim"].append(metrics.ssim(rgb[0], target))
         held["mask_iou"].append(metrics.mask_iou(alpha[0], data.masks[i]))
@@ -295,8 +298,8 @@ def _interpolation_baseline(data, index: int, target: np.ndarray) -> float | Non
 
     if index < 1 or index + 1 >= data.num_frames:
         return None
-    before = metrics.composite(data.frames[index - 1], data.masks[index - 1])
-    after = metrics.composite(data.frames[index + 1], data.masks[index + 1])
+    before, after = (metrics.replace_background(data.frames[k], data.masks[k], data.background)
+                     for k in (index - 1, index + 1))
     return metrics.psnr(midpoint_frame(before, after), target)
 
 
@@ -336,7 +339,9 @@ def _novel_views(gt, scene, times, fit_viewmats, render_fn, track, focal_ratio: 
         rgb, _ = render_fn(scene, times[f], cams)
         row_p, row_s = [], []
         for c in range(K):
-            target = metrics.composite(gt.novel_images[c, j], gt.novel_masks[c, j])
+            # The scene's renderer drew these over white already.
+            target = metrics.replace_background(gt.novel_images[c, j], gt.novel_masks[c, j],
+                                                WHITE)
             row_p.append(metrics.psnr(rgb[c], target))
             row_s.append(metrics.ssim(rgb[c], target))
         out["psnr"].append(row_p)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recon4d.eval.metrics import BACKGROUND_ALPHA
+
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> Tensor:
     x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
@@ -61,6 +63,18 @@ def psnr(pred: Tensor, target: Tensor) -> float:
 
 
 def composite(image: Tensor, mask: Tensor, background: Tensor) -> Tensor:
-    """(C, H, W, 3) image, (C, H, W) mask, (3,) background -> image over the background."""
+    """(C, H, W, 3) image, (C, H, W) mask, (3,) background -> image over the background (an
+    image of the object alone, straight alpha; frames go through :func:`replace_background`)."""
     m = mask.unsqueeze(-1)
     return image * m + background * (1 - m)
+
+
+def replace_background(frames: Tensor, masks: Tensor, frame_background: Tensor,
+                       background: Tensor) -> Tensor:
+    """(C, H, W, 3) frames shot over ``frame_background`` (3,), moved onto ``background`` (3,):
+    the training targets (the same rule as the evaluation's,
+    :func:`recon4d.eval.metrics.replace_background`: edge pixels keep their own mix of object
+    and background, pixels with a mask below 0.01 become ``background`` exactly)."""
+    m = masks.unsqueeze(-1)
+    moved = (frames + (1 - m) * (background - frame_background)).clamp(0, 1)
+    return torch.where(m < BACKGROUND_ALPHA, background.expand_as(frames), moved)

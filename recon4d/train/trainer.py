@@ -95,7 +95,10 @@ class Trainer:
         self.background = torch.as_tensor(dataset.background, dtype=torch.float32, device=self.device)
         self.frames = torch.as_tensor(dataset.frames, device=self.device)
         self.masks = torch.as_tensor(dataset.masks, device=self.device)
-        self.targets = photometric.composite(self.frames, self.masks, self.background)
+        # The frames already show the background they were shot over (the dataset's): the
+        # targets are the frames with that background cleaned, not composited again.
+        self.targets = photometric.replace_background(self.frames, self.masks, self.background,
+                                                      self.background)
         self.times = torch.as_tensor(dataset.times, dtype=torch.float32)
         self.flow: Tensor | None = None
         if _weight_used(config, "flow"):
