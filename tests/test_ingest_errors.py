@@ -283,6 +283,10 @@ def _frame(i: int, **extra) -> dict:
     ({"fl_x": 50.0, "frames": [_frame(0), dict(_frame(1), transform_matrix=[[1, 0], [0, 1]])]},
      "must be a 4x4 matrix"),
     ({"fl_x": 50.0, "frames": [_frame(0)]}, "single frame"),
+    # Each of these used to end in a traceback when the manifest met an infinite or NaN K.
+    ({"camera_angle_x": 0, "frames": [_frame(0), _frame(1)]}, "must be an angle in (0, pi)"),
+    ({"fl_x": float("nan"), "frames": [_frame(0), _frame(1)]}, "the intrinsics are not usable"),
+    ({"fl_x": -50.0, "frames": [_frame(0), _frame(1)]}, "the intrinsics are not usable"),
 ])
 def test_transforms_json_problems(capsys, tmp_path, meta, fragment):
     path = _transforms(tmp_path, meta)

@@ -78,6 +78,11 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, what: str) -> 
     # w/h in the file describe the size the intrinsics refer to; images may be a scaled copy.
     file_w, file_h = get("w") or width, get("h") or height
     fl_x, fl_y = get("fl_x"), get("fl_y")
+    for key in ("camera_angle_x", "camera_angle_y"):
+        angle = get(key)
+        if angle is not None and not 0 < angle < np.pi:
+            raise UserError(f"{what}: '{key}' must be an angle in (0, pi) radians, got {angle!r}: "
+                            "fix transforms.json")
     if fl_x is None and get("camera_angle_x") is not None:
         fl_x = 0.5 * file_w / np.tan(0.5 * get("camera_angle_x"))
     if fl_y is None and get("camera_angle_y") is not None:
@@ -91,6 +96,11 @@ def _intrinsics(meta: dict, frame: dict, width: int, height: int, what: str) -> 
     cy = get("cy")
     cx = 0.5 * file_w if cx is None else cx
     cy = 0.5 * file_h if cy is None else cy
+    if not all(np.isfinite(v) for v in (file_w, file_h, fl_x, fl_y, cx, cy)) or min(
+            file_w, file_h, fl_x, fl_y) <= 0:
+        raise UserError(f"{what}: the intrinsics are not usable (focal {fl_x!r}, {fl_y!r}, centre "
+                        f"{cx!r}, {cy!r}, size {file_w!r}x{file_h!r}; focal lengths and sizes must "
+                        "be finite and positive, camera_angle_x in (0, pi)): fix transforms.json")
     sx, sy = width / file_w, height / file_h
     return np.array([[fl_x * sx, 0.0, cx * sx], [0.0, fl_y * sy, cy * sy], [0.0, 0.0, 1.0]])
 
