@@ -138,6 +138,21 @@ def test_mask_video_count_mismatch(capsys, tmp_path, clip):
     fails(capsys, tmp_path, [str(folder), "--masks", str(video)], "has 2 frames but the input has 4")
 
 
+def test_damaged_mask_animation(capsys, tmp_path, clip):
+    """A cut mask GIF used to end with PIL's 'image file is truncated' and exit code 1 (a
+    machine error), naming neither the file nor the fix."""
+    from PIL import Image
+
+    folder, frames, truth = clip
+    images = [Image.fromarray((m * 255).astype(np.uint8)) for m in truth]
+    images[0].save(tmp_path / "whole.gif", save_all=True, append_images=images[1:])
+    whole = (tmp_path / "whole.gif").read_bytes()
+    (tmp_path / "whole.gif").unlink()
+    (tmp_path / "masks.gif").write_bytes(whole[: int(len(whole) * 0.6)])
+    fails(capsys, tmp_path, [str(folder), "--masks", str(tmp_path / "masks.gif")],
+          "mask animation")
+
+
 def test_mask_size_mismatch(capsys, tmp_path, clip):
     folder, _, truth = clip
     masks = write_pngs(tmp_path / "masks", (truth[:, :32] * 255).astype(np.uint8))

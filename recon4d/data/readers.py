@@ -575,13 +575,19 @@ def read_masks(path: Path, clip: RawClip) -> np.ndarray:
         else:
             frames_iter = iterate_video(path)
             to_grey = lambda f: upright_array(f, "gray")  # noqa: E731
-        for index, (frame, _) in enumerate(frames_iter):
-            count = index + 1
-            if index in keep:
-                grey = to_grey(frame)
-                # Lossy mask videos smear 0 and 255: snap the near-binary ends back.
-                grey = np.where(grey < 8, 0, np.where(grey > 247, 255, grey)).astype(np.uint8)
-                accept(index, grey, f"frame {index} of '{path.name}'")
+        try:
+            for index, (frame, _) in enumerate(frames_iter):
+                count = index + 1
+                if index in keep:
+                    grey = to_grey(frame)
+                    # Lossy mask videos smear 0 and 255: snap the near-binary ends back.
+                    grey = np.where(grey < 8, 0, np.where(grey > 247, 255, grey)).astype(np.uint8)
+                    accept(index, grey, f"frame {index} of '{path.name}'")
+        except (OSError, EOFError, SyntaxError, ValueError) as exc:
+            # PIL's decoders raise these for a cut or damaged GIF/APNG (iterate_video names a
+            # damaged video itself, as a UserError, which passes through).
+            raise UserError(f"mask animation '{path}' is damaged after {count} frames "
+                            f"({exc.__class__.__name__}: {exc}): export the masks again") from exc
         if count != clip.num_source_frames:
             raise UserError(f"mask video '{path}' has {count} frames but the input has "
                             f"{clip.num_source_frames}: give one mask per frame")
