@@ -17,6 +17,7 @@ from recon4d.data.readers import read_input
 from recon4d.data.flow import midpoint_frame
 from recon4d.data.ingest import ensure_dataset, ingest
 from recon4d.data.options import IngestOptions
+from recon4d.errors import UserError
 from recon4d.eval.metrics import composite, psnr
 
 BG = (252, 253, 250)
@@ -541,6 +542,20 @@ def test_ensure_dataset_passes_datasets_through_and_reuses_same_input(tmp_path):
     assert not (tmp_path / "elsewhere").exists()
     assert ensure_dataset(folder, out, options) == out             # resumed: not re-ingested
     assert (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_ensure_dataset_does_not_reuse_a_dataset_whose_masks_changed(tmp_path):
+    """The reuse check hashed the frames and the options only: masks rewritten in place were
+    ignored and the old dataset was fitted."""
+    frames, truth = blob_clip(frames=3)
+    folder = write_pngs(tmp_path / "frames", frames)
+    masks = write_pngs(tmp_path / "masks", (truth * 255).astype(np.uint8))
+    options = IngestOptions(**SMALL, masks=masks)
+    out = ensure_dataset(folder, tmp_path / "run" / "dataset", options)
+    assert ensure_dataset(folder, out, options) == out                # unchanged: reused
+    write_pngs(masks, (np.roll(truth, 5, axis=2) * 255).astype(np.uint8))
+    with pytest.raises(UserError, match="exists"):
+        ensure_dataset(folder, out, options)                           # changed: not reused
 
 
 def test_mask_cleanup_fills_small_holes_keeps_large_ones_and_drops_specks():

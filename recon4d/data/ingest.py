@@ -12,6 +12,7 @@ Python entry points: :func:`ingest` and :func:`ensure_dataset`.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -251,6 +252,7 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
         "warnings": warnings,
         "contact_sheet": "contact_sheet.png",
         "ingest_seconds": round(time.monotonic() - started, 3),  # before the PNG writes
+        "inputs_sha256": side_inputs_sha256(input_path, options),
     }
     write_dataset(out_dir, out_frames, out_masks, times, cameras, clip.source, masks_from,
                   background=background, flow=flow, extras=extras, overwrite=options.overwrite,
@@ -292,7 +294,37 @@ def ensure_dataset(input_or_dataset: str | Path, out_dir: str | Path,
             current = sha256_file(path / "transforms.json")
         else:
             current = sha256_files(list_images(path))
-        if recorded == current and same_options:
+        same_side_inputs = manifest.get("extras", {}).get("inputs_sha256") == side_inputs_sha256(
+            path, options or IngestOptions())
+        if recorded == current and same_options and same_side_inputs:
             console.info(f"reusing the dataset already ingested at {out_dir}")
             return out_dir
     return ingest(path, out_dir, options)
+
+
+def side_inputs_sha256(path: Path, options: IngestOptions) -> dict[str, str]:
+    """Hashes of what an ingest reads besides the frames: the ``--masks`` and ``--depth``
+    files or folders and, for a transforms.json input, every file in its folder (its images
+    and masks; the manifest hashes only the JSON). A dataset is reused only while these match
+    too (rewritten masks used to be ignored)."""
+    from recon4d.data.readers import sha256_file
+
+    def tree(root: Path) -> str:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(str(file.relative_to(root)).encode("utf-8"))
+            digest.update(bytes.fromhex(sha256_file(file)))
+        return digest.hexdigest()
+
+    def one(target: Path) -> str:
+        return tree(target) if target.is_dir() else sha256_file(target)
+
+    out = {}
+    for name in ("masks", "depth"):
+        target = getattr(options, name)
+        if target is not None and Path(target).exists():
+            out[name] = one(Path(target))
+    if path.exists() and input_kind(path) == "transforms":
+        out["transforms_folder"] = tree(path if path.is_dir() else path.parent)
+    return out
