@@ -142,6 +142,33 @@ def test_rgba_folder_masks_are_its_alpha_and_frames_composited_over_white(clips_
     assert min(iou(k >= 0.5, a >= 0.5) for k, a in zip(keyed.masks, alpha)) >= 0.97
 
 
+def test_transparent_webm_masks_are_its_alpha(tmp_path):
+    """WebM keeps VP9 alpha in a side stream that FFmpeg's own vp9 decoder drops: such a clip
+    read as opaque and was keyed on its hidden colours ('every mask is empty')."""
+    import av
+
+    box = np.zeros((6, 64, 64), bool)
+    path = tmp_path / "alpha.webm"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libvpx-vp9", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuva420p"
+        for k in range(6):
+            rgba = np.zeros((64, 64, 4), np.uint8)         # black where transparent
+            box[k, 16:48, 8 + 2 * k:36 + 2 * k] = True
+            rgba[box[k]] = [60, 160, 90, 255]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    dataset = load_dataset(ingest(path, tmp_path / "ds", IngestOptions(crop="off", **SMALL)))
+    assert dataset.manifest["masks_from"] == "alpha"
+    assert dataset.times.tolist() == pytest.approx(np.linspace(0, 1, 6).tolist())
+    assert min(iou(m >= 0.5, b) for m, b in zip(dataset.masks, box)) >= 0.95
+    # Over white where transparent (the hidden colour is black).
+    assert dataset.frames[:, 2, 2].min() > 0.95
+
+
 def test_shared_clips_ingest_and_masks_sit_on_the_object(clips_dir, tmp_path):
     """Every shared clip ingests; inside the masks pixels are far from the background colour,
     outside they are the background (checked on the written dataset)."""

@@ -395,15 +395,44 @@ def _open_container(path: Path):
     return container
 
 
+def _alpha_decoder(stream) -> str | None:
+    """The libvpx decoder that keeps a WebM's alpha, or None. WebM stores VP8/VP9 alpha as a
+    side stream (``alpha_mode`` 1) that FFmpeg's built-in vp8/vp9 decoders drop: decoded
+    through them a transparent WebM reads as opaque yuv420p."""
+    import av
+
+    name = {"vp8": "libvpx", "vp9": "libvpx-vp9"}.get(stream.codec_context.name)
+    if name is None or str(stream.metadata.get("alpha_mode", "")) != "1":
+        return None
+    return name if name in av.codecs_available else None
+
+
+def _decode_with(decoder_name: str, container, stream) -> Iterable[object]:
+    """Frames of ``stream`` decoded by the named decoder, with their time stamps."""
+    import av
+
+    decoder = av.CodecContext.create(decoder_name, "r")
+    decoder.extradata = stream.codec_context.extradata
+    for packet in container.demux(stream):
+        for frame in decoder.decode(packet if packet.size else None):
+            if frame.pts is not None:
+                frame.time_base = stream.time_base
+            yield frame
+
+
 def iterate_video(path: Path) -> Iterable[tuple[object, float | None]]:
-    """Yield (av.VideoFrame, time in seconds or None) for every decodable frame."""
+    """Yield (av.VideoFrame, time in seconds or None) for every decodable frame (with its
+    alpha, for a transparent WebM: :func:`_alpha_decoder`)."""
     import av
 
     container = _open_container(path)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    alpha_decoder = _alpha_decoder(stream)
     try:
-        for frame in container.decode(stream):
+        frames = (_decode_with(alpha_decoder, container, stream) if alpha_decoder
+                  else container.decode(stream))
+        for frame in frames:
             yield frame, frame.time
     except av.error.FFmpegError as exc:
         raise UserError(f"video '{path}' is corrupt ({exc.__class__.__name__} while decoding): "
@@ -426,6 +455,8 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     fps = float(stream.average_rate) if stream.average_rate else None
     pix_fmt = stream.codec_context.pix_fmt or ""
     codec = stream.codec_context.name
+    if _alpha_decoder(stream):
+        pix_fmt = "yuva420p"   # the alpha side stream, which the stream's own decoder hides
     container.close()
     has_alpha = pix_fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya"))
     times: list[float | None] = []
