@@ -131,6 +131,37 @@ def test_mask_count_mismatch(capsys, tmp_path, clip):
     fails(capsys, tmp_path, [str(folder), "--masks", str(masks)], "has 3 images but the input has 4")
 
 
+def test_masks_shifted_by_a_missing_one_and_a_stray_file(capsys, tmp_path, clip):
+    """The count matches (4 and 4) but mask0 is missing and a stray preview.png sorts last:
+    every mask would land one frame early."""
+    from PIL import Image
+
+    folder, _, truth = clip
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(1, 4):
+        Image.fromarray((truth[i] * 255).astype(np.uint8)).save(masks / f"mask{i}.png")
+    Image.fromarray((truth[0] * 255).astype(np.uint8)).save(masks / "preview.png")
+    fails(capsys, tmp_path, [str(folder), "--masks", str(masks)],
+          "mask 'preview.png' in")
+
+
+def test_masks_numbered_from_a_different_start_still_pair(tmp_path, clip):
+    from PIL import Image
+
+    from recon4d.data.dataset import load_dataset
+
+    folder, _, truth = clip
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for i in range(4):     # frames frame0..frame3, masks 1-based
+        Image.fromarray((truth[i] * 255).astype(np.uint8)).save(masks / f"m_{i + 1:04d}.png")
+    out = tmp_path / "out"
+    assert main(["ingest", str(folder), "--masks", str(masks), "--out", str(out),
+                 "--resolution", "64", "--no-flow", "--quiet"]) == 0
+    assert load_dataset(out).manifest["masks_from"] == "given"
+
+
 def test_mask_video_count_mismatch(capsys, tmp_path, clip):
     folder, _, truth = clip
     video = write_mp4(tmp_path / "m.mp4", np.repeat((truth[:2] * 255).astype(np.uint8)[..., None],

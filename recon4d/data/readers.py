@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -558,6 +559,36 @@ def mask_from_image(image) -> np.ndarray:
     return np.asarray(image.convert("L"))
 
 
+def _frame_number(name: str) -> int | None:
+    """The last run of digits in a file name's stem ('frame_0012.png' -> 12), or None."""
+    runs = re.findall(r"\d+", Path(name).stem)
+    return int(runs[-1]) if runs else None
+
+
+def _check_mask_names(clip: RawClip, mask_files: list[Path], folder: Path) -> None:
+    """Masks pair with frames by position; where the frames' names are numbered, the masks'
+    must be too, at one constant offset (0- against 1-based numbering is fine). A stray file or
+    a missing mask shifts every later pair by one frame, which the count alone does not show."""
+    frame_names = clip.source.get("files")
+    if not frame_names:
+        return                                          # not a folder of frames
+    frame_numbers = [_frame_number(n) for n in frame_names]
+    if any(n is None for n in frame_numbers):
+        return
+    offsets = set()
+    for name, index, number in zip(frame_names, clip.source_indices, frame_numbers):
+        mask_number = _frame_number(mask_files[index].name)
+        if mask_number is None:
+            raise UserError(f"mask '{mask_files[index].name}' in '{folder}' has no frame number "
+                            f"but pairs with frame '{name}': remove files that are not masks")
+        offsets.add(mask_number - number)
+        if len(offsets) > 1:
+            raise UserError(f"mask '{mask_files[index].name}' pairs with frame '{name}', but "
+                            "earlier masks and frames were numbered alike: a mask is missing or "
+                            f"a stray file sits in '{folder}'; give one mask per frame, named "
+                            "like the frames")
+
+
 def read_masks(path: Path, clip: RawClip) -> np.ndarray:
     """Read given masks for ``clip``: one per source frame, the same selection and size.
 
@@ -592,6 +623,7 @@ def read_masks(path: Path, clip: RawClip) -> np.ndarray:
         if count != clip.num_source_frames:
             raise UserError(f"mask folder '{path}' has {count} images but the input has "
                             f"{clip.num_source_frames} frames: give one mask per frame")
+        _check_mask_names(clip, files, path)
         for index in sorted(keep):
             accept(index, mask_from_image(open_image(files[index])),
                    f"'{files[index].name}'")
