@@ -236,6 +236,26 @@ def test_max_frames_picks_evenly_spaced_frames(tmp_path):
     assert [e["source_index"] for e in dataset.manifest["frames"]] == [0, 4, 8]
 
 
+def test_max_frames_keeps_the_last_frame_of_a_video_shorter_than_declared(tmp_path, monkeypatch):
+    """A container can declare more frames than it decodes (an edit list trimming samples):
+    the evenly spaced pick's last index then never came and the clip lost its end."""
+    import recon4d.data.readers as readers
+
+    frames, _ = blob_clip(frames=10, step=2.0)
+    video = write_mp4(tmp_path / "clip.mp4", frames)
+    whole = readers.iterate_video
+
+    def two_short(path):                       # decodes 8 of the 10 declared frames
+        for index, item in enumerate(whole(path)):
+            if index < 8:
+                yield item
+
+    monkeypatch.setattr(readers, "iterate_video", two_short)
+    clip = readers.read_video(video, 1, 3, 4096)
+    assert clip.source_indices[0] == 0 and clip.source_indices[-1] == 7
+    assert len(clip.source_indices) == 3 and clip.frames.shape[0] == 3
+
+
 def test_video_times_follow_container_timestamps(tmp_path):
     frames, _ = blob_clip(frames=5)
     video = write_mp4(tmp_path / "vfr.mp4", frames, fps=10, pts=[0, 1, 2, 4, 8])

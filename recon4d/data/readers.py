@@ -471,12 +471,9 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     collector = FrameCollector(f"video '{path}'", max_side, expected, min_side)
     total = 0
     orientation: DisplayOrientation | None = None  # read from the first kept frame
-    for index, (frame, time) in enumerate(console.track(iterate_video(path), total=declared or None,
-                                                        description="decoding video")):
-        total = index + 1
-        take = (index in wanted) if wanted is not None else index % stride == 0
-        if not take:
-            continue
+
+    def keep(index: int, frame, time) -> None:
+        nonlocal orientation
         if orientation is None:  # the stream's matrix: read once, applied to every frame
             orientation = frame_orientation(frame)
             if not orientation.is_identity:
@@ -490,6 +487,19 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
         collector.add(rgb, alpha, f"frame {index} of '{path.name}'")
         kept.append(index)
         times.append(time)
+
+    last = None
+    for index, (frame, time) in enumerate(console.track(iterate_video(path), total=declared or None,
+                                                        description="decoding video")):
+        total = index + 1
+        last = (index, frame, time)
+        take = (index in wanted) if wanted is not None else index % stride == 0
+        if take:
+            keep(index, frame, time)
+    if wanted is not None and last is not None and max(wanted) >= total and kept[-1:] != [last[0]]:
+        # Fewer frames decoded than the container declared (an edit list that trims samples):
+        # the pick's last frame never came, so the clip's real last frame takes its place.
+        keep(*last)
     require_two_frames(total, f"video '{path}'")
     if max_frames is not None and len(kept) > max_frames:  # count was not declared
         picks = select_indices(len(kept), 1, max_frames)
