@@ -296,6 +296,21 @@ def test_palette_greyscale_and_16bit_frames_are_converted(capsys, tmp_path):
     assert np.array_equal(np.round(dataset.frames * 255).astype(np.uint8), frames)
 
 
+def test_png_colour_key_transparency_gives_the_alpha_mask(capsys, tmp_path):
+    """RGB and greyscale PNGs can mark one colour transparent (tRNS); that used to be read for
+    palettes only, and such frames were keyed instead of taking their alpha."""
+    frames, truth = blob_clip(frames=3)
+    black = np.where(truth[..., None] > 0.5, frames, 0).astype(np.uint8)  # key: pure black
+    black[truth > 0.5] = np.maximum(black[truth > 0.5], 1)                # the object is never
+    (tmp_path / "rgb").mkdir()
+    for i, image in enumerate(black):
+        Image.fromarray(image).save(tmp_path / "rgb" / f"frame{i}.png", transparency=(0, 0, 0))
+    dataset, _ = _ingest_ok(capsys, tmp_path / "rgb", tmp_path / "out_rgb")
+    assert dataset.manifest["masks_from"] == "alpha"
+    assert np.abs((dataset.masks > 0.5).astype(float) - (truth > 0.5)).mean() < 0.01
+    assert dataset.frames[:, 0, 0].min() == 1.0                  # transparent: over white
+
+
 def test_float_frames_are_refused(capsys, tmp_path):
     (tmp_path / "f").mkdir()
     for i in range(2):

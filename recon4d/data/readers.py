@@ -136,15 +136,20 @@ def image_to_arrays(image, what: str) -> tuple[np.ndarray, Optional[np.ndarray],
     if mode == "RGBA":
         array = np.asarray(image)
         return np.ascontiguousarray(array[..., :3]), _opaque_to_none(array[..., 3]), None
-    if mode == "RGB":
+    # A PNG can make one colour transparent (tRNS colour key) in any mode, not only palettes.
+    keyed = "transparency" in image.info
+    if mode == "RGB" and not keyed:
         return np.asarray(image), None, None
-    if mode in ("P", "PA"):
-        has_alpha = mode == "PA" or "transparency" in image.info
+    if mode == "RGB":
+        note = "RGB with a transparent colour key"
+        image = image.convert("RGBA")
+    elif mode in ("P", "PA"):
+        has_alpha = mode == "PA" or keyed
         note = f"palette (mode {mode})"
         image = image.convert("RGBA" if has_alpha else "RGB")
     elif mode in ("L", "LA", "1"):
         note = f"greyscale (mode {mode})"
-        image = image.convert("RGBA" if mode == "LA" else "RGB")
+        image = image.convert("RGBA" if mode == "LA" or keyed else "RGB")
     else:  # CMYK, YCbCr, LAB, HSV, RGBa, ...
         note = f"colour mode {mode}"
         image = image.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
