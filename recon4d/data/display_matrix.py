@@ -80,8 +80,12 @@ def orientation_from_matrix(matrix) -> DisplayOrientation:
 
 def frame_orientation(frame) -> DisplayOrientation:
     """A PyAV VideoFrame's DisplayOrientation, from its DISPLAYMATRIX side data (none: as stored)."""
-    for side in getattr(frame, "side_data", ()) or ():
-        kind = getattr(getattr(side, "type", None), "name", "")
+    container = getattr(frame, "side_data", None) or ()
+    for entry in container:
+        # PyAV up to 18.1.0 iterates SideData objects; 18.1.1 iterates their types (enum keys,
+        # the container mapping each to its SideData).
+        side = entry if hasattr(entry, "type") else container[entry]
+        kind = getattr(getattr(side, "type", entry), "name", "")
         if kind == "DISPLAYMATRIX":
             values = np.frombuffer(bytes(side), dtype="<i4")
             if values.size >= 9:
