@@ -12,7 +12,6 @@ Python entry points: :func:`ingest` and :func:`ensure_dataset`.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -307,15 +306,10 @@ def side_inputs_sha256(path: Path, options: IngestOptions) -> dict[str, str]:
     files or folders and, for a transforms.json input, every file in its folder (its images
     and masks; the manifest hashes only the JSON). A dataset is reused only while these match
     too (rewritten masks used to be ignored)."""
-    from recon4d.data.readers import sha256_file
+    from recon4d.data.readers import sha256_file, sha256_files
 
     def tree(root: Path) -> str:
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        digest = hashlib.sha256()
-        for file in files:
-            digest.update(str(file.relative_to(root)).encode("utf-8"))
-            digest.update(bytes.fromhex(sha256_file(file)))
-        return digest.hexdigest()
+        return sha256_files(sorted(p for p in root.rglob("*") if p.is_file()), root=root)
 
     def one(target: Path) -> str:
         return tree(target) if target.is_dir() else sha256_file(target)

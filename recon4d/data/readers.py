@@ -95,11 +95,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_files(paths: Iterable[Path]) -> str:
-    """One hash over many files: the hash of their names and contents in order."""
+def sha256_files(paths: Iterable[Path], root: Path | None = None) -> str:
+    """One hash over many files: the hash of their names (paths relative to ``root`` when
+    given, for files in subfolders) and contents in order."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(path.name.encode("utf-8"))
+        digest.update((str(path.relative_to(root)) if root else path.name).encode("utf-8"))
         digest.update(bytes.fromhex(sha256_file(path)))
     return digest.hexdigest()
 

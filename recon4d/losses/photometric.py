@@ -62,13 +62,6 @@ def psnr(pred: Tensor, target: Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def composite(image: Tensor, mask: Tensor, background: Tensor) -> Tensor:
-    """(C, H, W, 3) image, (C, H, W) mask, (3,) background -> image over the background (an
-    image of the object alone, straight alpha; frames go through :func:`replace_background`)."""
-    m = mask.unsqueeze(-1)
-    return image * m + background * (1 - m)
-
-
 def replace_background(frames: Tensor, masks: Tensor, frame_background: Tensor,
                        background: Tensor) -> Tensor:
     """(C, H, W, 3) frames shot over ``frame_background`` (3,), moved onto ``background`` (3,):

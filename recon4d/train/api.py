@@ -54,8 +54,8 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
                                       default_preset_name, resolve_for_dataset)
     from recon4d.train.config import preset as make_preset
     from recon4d.train.trainer import ResumeMismatch, Trainer
-    from recon4d.utils.atomic import atomic_write_bytes
     from recon4d.utils import console
+    from recon4d.utils.atomic import atomic_write_bytes
 
     run = RunDir(run_dir)
     if resume and run.config_path.is_file():

@@ -78,6 +78,7 @@ class ResumeMismatch(UserError):
     """The run's checkpoint does not fit the settings a resume was given (the optimizer's
     parameter groups differ): the resume stops before anything is trained or written."""
 
+
 class Trainer:
     """Fits a :class:`DynamicSurfelModel` to a dataset, writing into a run directory."""
 
