@@ -86,9 +86,8 @@ def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_file_written_by_name_reaches_the_disk_before_its_name(tmp_path, monkeypatch):
-    """atomic_path (checkpoints, videos, GLBs): the temporary's data are fsynced before the
-    rename, so a power cut cannot leave the final name on an empty file."""
+def _record_fsyncs_and_renames(monkeypatch) -> list:
+    """Record ("fsync", path) and ("replace", source) in call order in recon4d.utils.atomic."""
     import recon4d.utils.atomic as atomic
 
     events = []
@@ -97,10 +96,36 @@ def test_a_file_written_by_name_reaches_the_disk_before_its_name(tmp_path, monke
         f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
     monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append(("replace", str(a))),
                                                             real_replace(a, b))[1])
+    return events
+
+
+def test_a_file_written_by_name_reaches_the_disk_before_its_name(tmp_path, monkeypatch):
+    """atomic_path (checkpoints, videos, GLBs): the temporary's data are fsynced before the
+    rename, so a power cut cannot leave the final name on an empty file."""
+    import recon4d.utils.atomic as atomic
+
+    events = _record_fsyncs_and_renames(monkeypatch)
     with atomic.atomic_path(tmp_path / "ckpt.pt") as tmp:
         tmp.write_bytes(b"weights")
     assert (tmp_path / "ckpt.pt").read_bytes() == b"weights"
     assert events[:2] == [("fsync", str(tmp)), ("replace", str(tmp))], events
+
+
+def test_a_directory_tree_reaches_the_disk_before_its_name(tmp_path, monkeypatch):
+    """atomic_directory (datasets, exports): every file and folder in the temporary tree is
+    fsynced before the rename, so a renamed dataset cannot hold empty files."""
+    import recon4d.utils.atomic as atomic
+
+    events = _record_fsyncs_and_renames(monkeypatch)
+    with atomic.atomic_directory(tmp_path / "dataset") as tmp:
+        (tmp / "frames").mkdir()
+        (tmp / "frames" / "00000.png").write_bytes(b"png")
+        (tmp / "dataset.json").write_text("{}")
+    assert (tmp_path / "dataset" / "frames" / "00000.png").read_bytes() == b"png"
+    rename = events.index(("replace", str(tmp)))
+    synced = {name for kind, name in events[:rename] if kind == "fsync"}
+    assert {str(tmp / "frames" / "00000.png"), str(tmp / "dataset.json"),
+            str(tmp / "frames"), str(tmp)} <= synced, events
 
 
 def test_atomic_json_refuses_nan(tmp_path):

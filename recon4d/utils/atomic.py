@@ -35,6 +35,15 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` (files first, then their folders), so that
+    a renamed directory cannot name files whose data never reached the disk."""
+    for folder, _subfolders, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -106,6 +115,9 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}-", dir=path.parent))
     try:
         yield tmp
+        # Without this a power cut after the rename could leave ``path`` naming a complete
+        # set of files some of which are empty (a dataset the fit then refuses).
+        _fsync_tree(tmp)
         if path.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".old-{path.name}-", dir=path.parent))
             os.replace(path, trash / "old")
