@@ -67,6 +67,22 @@ def test_knn_excludes_self_and_finds_the_nearest():
     assert knn(pts, 1).flatten().tolist() == [1, 0, 3, 2]
 
 
+def test_keyframe_smoothness_reads_uneven_key_spacing():
+    """Root keys sit on the training frames (every 4th frame, from 2, is held out): steady
+    motion across a double gap costs nothing, evenly spaced keys give the plain second
+    difference whatever their spacing."""
+    frames = torch.tensor([f for f in range(12) if f % 4 != 2], dtype=torch.float32)
+    times = frames / 11
+    steady = times.unsqueeze(1) * torch.tensor([[0.6, -0.2, 0.1]])
+    assert float(keyframe_smoothness(steady, times)) < 1e-10
+    assert float(keyframe_smoothness(steady)) > 1e-4  # read as evenly spaced, it "accelerates"
+    values = torch.randn(7, 3, generator=torch.Generator().manual_seed(0))
+    even = torch.linspace(0, 1, 7)
+    assert torch.allclose(keyframe_smoothness(values, even), keyframe_smoothness(values), rtol=1e-5)
+    assert torch.allclose(keyframe_smoothness(values, 0.1 * even), keyframe_smoothness(values),
+                          rtol=1e-5)
+
+
 def test_smoothness_terms():
     t = torch.linspace(0, 1, 5).unsqueeze(1) * torch.tensor([[1.0, -2.0, 0.5]])
     assert float(keyframe_smoothness(t)) < 1e-10  # linear in time: no acceleration

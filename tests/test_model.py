@@ -202,6 +202,9 @@ def test_rotation_helpers_are_consistent():
     n = torch.nn.functional.normalize(torch.randn(100, 3), dim=-1)
     n[0] = torch.tensor([0.0, 0.0, -1.0])
     assert torch.allclose(quat_to_rotmat(quat_from_normal(n))[:, :, 2], n, atol=1e-5)
+    wide = n.double()  # float64 normals (CanonicalSurfels.from_points takes them) with a -z one
+    assert quat_from_normal(wide).dtype == torch.float64
+    assert torch.allclose(quat_to_rotmat(quat_from_normal(wide))[:, :, 2], wide, atol=1e-9)
 
 
 def test_mask_inflation_init_stays_inside_the_silhouette():

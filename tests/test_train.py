@@ -573,6 +573,105 @@ def test_rendered_flow_reads_back_the_surfel_motion():
     assert torch.allclose(flow[36, 39], torch.tensor([0.0, -60 * 0.04 / 2.5]), atol=1e-3)
 
 
+def test_rendered_flow_includes_the_camera_motion():
+    """A still surfel seen by a camera that moves between the frames moves in the image (the
+    video's flow shows it); the rendered flow takes each frame's own camera."""
+    from recon4d.render.types import Cameras, Surfels
+    from recon4d.train.flow import render_flow
+
+    means = torch.tensor([[0.0, 0.0, 2.0]])
+    surfels = Surfels(means, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 2), 0.08),
+                      torch.tensor([0.99]), torch.zeros(1, 1, 3))
+    K = torch.tensor([[[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]]])
+    moved = torch.eye(4)[None].clone()
+    moved[0, 0, 3] = 0.05  # the camera steps 0.05 to its left: the point moves right
+    flow, _ = render_flow(surfels, means, Cameras(torch.eye(4)[None], K, 64, 64),
+                          cameras_j=Cameras(moved, K, 64, 64))
+    assert torch.allclose(flow[32, 32], torch.tensor([60 * 0.05 / 2.0, 0.0]), atol=1e-3)
+
+
+def _trainer_at_full_stage(ball, tmp_path, **overrides):
+    """A Trainer on the ball dataset initialised straight into the full stage."""
+    from recon4d.data.dataset import load_dataset
+    from recon4d.train.trainer import Trainer
+
+    config = _tiny(coarse_surfels=0, **{"full.steps": 4, "checkpoint_every": 100, **overrides})
+    trainer = Trainer(load_dataset(ball), RunDir(tmp_path / "direct").create(),
+                      resolve_for_dataset(config, 32, 32, 8))
+    trainer.initialise()
+    return trainer
+
+
+def test_the_flow_term_renders_frame_f_plus_1_through_its_own_camera(ball, tmp_path, monkeypatch):
+    import recon4d.train.flow as flow_module
+
+    trainer = _trainer_at_full_stage(ball, tmp_path)
+    trainer.flow = torch.zeros(trainer.dataset.num_frames - 1, 32, 32, 2)
+    seen = {}
+
+    def spy(surfels, means_j, cameras, backend="auto", span=None, cameras_j=None):
+        seen["cameras_j"] = cameras_j
+        return torch.zeros(32, 32, 2, requires_grad=True), torch.ones(32, 32)
+
+    monkeypatch.setattr(flow_module, "render_flow", spy)
+    with torch.no_grad():  # a different camera at frame 4 than at frame 3
+        trainer.model.base_viewmats[4, 0, 3] += 0.1
+    surfels, _ = trainer.model.warped_state(trainer.times[3])
+    trainer._flow_term(surfels, 3, 1.0, torch.ones(32, 32))
+    assert torch.equal(seen["cameras_j"].viewmats, trainer.model.cameras([4]).viewmats)
+
+
+def test_depth_distortion_is_counted_in_object_sizes(ball, tmp_path):
+    """The same render scores the same distortion term at any scene scale: the term is over
+    the object's half-size squared, like the other geometric terms."""
+    trainer = _trainer_at_full_stage(ball, tmp_path)
+    stage = dataclasses.replace(trainer.config.full, losses={"distortion": 1.0})
+    _, small, _ = trainer.compute_losses([0], stage, 1.0)
+    trainer.extent *= 2.0
+    _, large, _ = trainer.compute_losses([0], stage, 1.0)
+    assert small["distortion"] > 0
+    assert large["distortion"] == pytest.approx(small["distortion"] / 4.0, rel=1e-4)
+
+
+def test_skinning_smoothness_runs_without_rigidity(ball, tmp_path):
+    """It shares the rigidity term's neighbour rows, and was skipped with rigidity off."""
+    trainer = _trainer_at_full_stage(ball, tmp_path)
+    stage = dataclasses.replace(trainer.config.full, losses={"skin_smooth": 0.01, "rigidity": 0.0})
+    _, values, _ = trainer.compute_losses([0], stage, 1.0)
+    assert "skin_smooth" in values and np.isfinite(values["skin_smooth"])
+
+
+def test_bone_smoothness_samples_evenly_spaced_times_inside_the_clip(ball, tmp_path, monkeypatch):
+    """Clamping t +- dt at the clip's ends made steady motion look like a stop."""
+    trainer = _trainer_at_full_stage(ball, tmp_path)
+    bones = trainer.model.warp.bones
+    times = []
+    real = bones.motion_params
+    monkeypatch.setattr(bones, "motion_params", lambda t: (times.append(float(t)), real(t))[1])
+    stage = dataclasses.replace(trainer.config.full, losses={"bone_smooth": 1.0})
+    triples = []
+    for _ in range(30):
+        times.clear()
+        trainer.compute_losses([0], stage, 0.5)
+        triples.append(times[-3:])  # the term's three samples come after the frame's render
+    triples = np.array(triples)
+    assert len(triples) == 30
+    assert (triples >= 0).all() and (triples <= 1).all()
+    assert np.allclose(triples[:, 1] - triples[:, 0], 1 / 7) and np.allclose(
+        triples[:, 2] - triples[:, 1], 1 / 7)
+
+
+def test_gradients_of_frozen_parameters_do_not_pile_up(ball, tmp_path):
+    """A stage that freezes the surfels leaves their parameters out of the optimizer; their
+    gradients were never cleared and summed over steps into the densification statistics."""
+    trainer = _trainer_at_full_stage(ball, tmp_path, **{"full.train_canonical": False})
+    assert "means" not in {g["name"] for g in trainer.optimizer.param_groups}
+    trainer.model.canonical.means.grad = torch.full_like(trainer.model.canonical.means, 1e6)
+    trainer.train_step()
+    grad = trainer.model.canonical.means.grad
+    assert grad is None or float(grad.abs().max()) < 1e3
+
+
 def test_config_overrides_and_json_round_trip():
     config = apply_overrides(preset("cpu-fast"), {"full.losses.normal": 0.0, "model.blend": "lbs",
                                                   "coarse_surfels": 0})
@@ -630,6 +729,27 @@ def test_stage_lr_scales_multiply_one_group_in_that_stage_only(ball, tmp_path):
                                                   * config.coarse.lr_scale)
     full = {g["name"]: g["lr"] for g in trainer._build_optimizer(config.full).param_groups}
     assert full["root_rot"] == pytest.approx(config.lr.root_rot * config.full.lr_scale)
+
+
+def test_pruning_never_removes_more_than_half_nor_a_lone_surfel():
+    for n, dropped in ((1, 1), (3, 2)):
+        canon = CanonicalSurfels.from_points(torch.randn(n, 3), torch.randn(n, 3), torch.rand(n, 3),
+                                             0.05)
+        with torch.no_grad():
+            canon.opacity_logits[:dropped] = -10.0
+        strategy = DensifyPrune(StrategyConfig(start=0.0, every=1), extent=1.0)
+        assert not strategy.prune(canon, None) and len(canon) == n
+
+
+def test_upsampling_to_no_more_surfels_leaves_them_untouched():
+    from recon4d.train.strategy import upsample
+
+    canon = CanonicalSurfels.from_points(torch.randn(40, 3), torch.randn(40, 3), torch.rand(40, 3), 0.05)
+    before = canon.means.detach().clone()
+    upsample(canon, 30, torch.Generator().manual_seed(0))
+    assert torch.equal(canon.means.detach(), before)
+    upsample(canon, 160, torch.Generator().manual_seed(0))
+    assert len(canon) == 160
 
 
 def test_budgets_scale_with_image_area_once():

@@ -53,11 +53,23 @@ def trajectory_smoothness(params_prev: Tensor, params_now: Tensor, params_next: 
     return ((params_next - 2 * params_now + params_prev) ** 2).sum(-1).mean()
 
 
-def keyframe_smoothness(values: Tensor) -> Tensor:
-    """(K, D) keyframed values (root poses) -> mean squared second difference along K."""
+def keyframe_smoothness(values: Tensor, times: Tensor | None = None) -> Tensor:
+    """(K, D) keyframed values (root poses) at increasing ``times`` (K,) -> mean squared second
+    difference along K.
+
+    With ``times`` the second difference is the divided one, 2 ((v2-v1)/h1 - (v1-v0)/h0) /
+    (h0 + h1), times the median spacing squared: steady motion costs nothing across uneven
+    gaps (the keys skip held-out frames), and evenly spaced keys give the plain
+    v2 - 2 v1 + v0 whatever their spacing. Without ``times`` the keys count as evenly spaced.
+    """
     if values.shape[0] < 3:
         return values.sum() * 0
-    return ((values[2:] - 2 * values[1:-1] + values[:-2]) ** 2).sum(-1).mean()
+    if times is None:
+        return ((values[2:] - 2 * values[1:-1] + values[:-2]) ** 2).sum(-1).mean()
+    spacing = (times[1:] - times[:-1]).to(values).clamp_min(1e-12).unsqueeze(-1)   # (K-1, 1)
+    slopes = (values[1:] - values[:-1]) / spacing
+    second = 2 * (slopes[1:] - slopes[:-1]) / (spacing[1:] + spacing[:-1])
+    return ((second * spacing.median() ** 2) ** 2).sum(-1).mean()
 
 
 def skinning_smoothness(weights: Tensor, neighbour_weights: Tensor) -> Tensor:

@@ -165,5 +165,5 @@ def quat_from_normal(normals: Tensor) -> Tensor:
     quats = torch.stack([w, -n[:, 1], n[:, 0], torch.zeros_like(w)], dim=-1)
     flipped = w < 1e-6
     if flipped.any():
-        quats[flipped] = torch.tensor([0.0, 1.0, 0.0, 0.0], device=n.device)
+        quats[flipped] = quats.new_tensor([0.0, 1.0, 0.0, 0.0])
     return torch.nn.functional.normalize(quats, dim=-1)

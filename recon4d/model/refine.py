@@ -33,8 +33,9 @@ class TimeRefinement(nn.Module):
 
     Args:
         num_freqs: K, number of temporal frequencies (0 disables refinement).
-        max_angle: bound (radians) on the refinement rotation, through tanh; keeps it a
-            correction rather than a second warp.
+        max_angle: bound (radians) on each component of the refinement's rotation vector,
+            through tanh (so the angle stays below sqrt(3) max_angle); keeps it a correction
+            rather than a second warp.
         max_log_scale: bound on the log-scale offsets.
     """
 

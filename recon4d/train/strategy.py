@@ -119,8 +119,8 @@ class DensifyPrune:
             drop = canonical.opacities < cfg.prune_opacity
             drop |= canonical.scales.max(dim=1).values > cfg.prune_scale * self.extent
         keep = torch.nonzero(~drop).squeeze(1)
-        # Never prune the model away: keep at least half of it.
-        if drop.sum() == 0 or len(keep) < len(canonical) // 2:
+        # Never prune the model away: keep at least half of it (a lone surfel stays).
+        if drop.sum() == 0 or 2 * len(keep) < len(canonical):
             return False
         if self.grad_sum is not None and len(self.grad_sum) == len(canonical):
             self.grad_sum, self.count = self.grad_sum[keep], self.count[keep]
@@ -171,6 +171,9 @@ def upsample(canonical: CanonicalSurfels, target: int, generator: torch.Generato
     stage), keeping every extra aligned. No optimizer: the full stage builds a fresh one."""
     n = len(canonical)
     children = max(1, math.ceil(target / max(n, 1)))
+    if children == 1:
+        # Already at or above the target: one "child" per surfel would only jitter the fit.
+        return
     rows = torch.arange(n, device=canonical.means.device)
     shrink = math.sqrt(children) / 1.2  # children overlap a little, as the parent covered its disc
     new = split_rows(canonical, rows, children, max(shrink, 1.0), generator)

@@ -43,7 +43,7 @@ from recon4d.model.scene import SKIN_EXTRA, DynamicSurfelModel
 from recon4d.model.symmetry import (MirrorPlane, estimate_mirror_plane, mirror_loss,
                                     mirror_plane_from_map)
 from recon4d.model.warp import GaussianBoneSkinning
-from recon4d.render import render
+from recon4d.render import render, resolve_backend
 from recon4d.rundir import RunDir, to_jsonable
 from recon4d.train.budget import PROBE_SKIP, PROBE_STEPS, Growth, plan_full_steps
 from recon4d.train.config import FitConfig, StageConfig
@@ -365,9 +365,12 @@ class Trainer:
 
         photo_values = []
         psnrs = []
+        distortion_power = 1 if resolve_backend(cfg.backend, self.device) == "gsplat" else 2
         n = len(model.canonical)
         need_rigid = weights.get("rigidity", 0) > 0 and n > 1
-        if need_rigid:
+        # Skinning smoothness compares sampled surfels with their neighbours too.
+        need_rows = (need_rigid or weights.get("skin_smooth", 0) > 0) and n > 1
+        if need_rows:
             if self._neighbours is None or self._neighbours.shape[0] != n:
                 self._neighbours = motion.knn(model.canonical.means, cfg.knn)
             rows = self._sample_rows()
@@ -386,7 +389,9 @@ class Trainer:
             if weights.get("normal", 0) > 0:
                 add("normal", geometry.normal_consistency(out, mask).sum())
             if weights.get("distortion", 0) > 0:
-                add("distortion", geometry.distortion_loss(out).sum())
+                # In units of the object's half-size, like the other geometric terms, so one
+                # weight fits any scene scale; gsplat's variant is |dz|, the spec's dz^2.
+                add("distortion", geometry.distortion_loss(out).sum() / self.extent ** distortion_power)
             # Flow into a held-out frame would carry that frame's pixels into training.
             if (weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times)
                     and f + 1 in self._train_set):
@@ -403,13 +408,16 @@ class Trainer:
         bones = model.warp.bones
         if isinstance(bones, GaussianBoneSkinning):
             if weights.get("bone_smooth", 0) > 0:
-                t = float(torch.rand((), generator=self.generator))
                 dt = 1.0 / max(len(self.times) - 1, 1)
-                samples = [bones.motion_params(min(max(t + d, 0.0), 1.0)) for d in (-dt, 0.0, dt)]
+                # t - dt and t + dt both inside the clip: a clamped end would make steady
+                # motion look like a stop and pull it towards one.
+                inner = max(1.0 - 2 * dt, 0.0)
+                t = dt + inner * float(torch.rand((), generator=self.generator)) if inner > 0 else 0.5
+                samples = [bones.motion_params(t + d) for d in (-dt, 0.0, dt)]
                 rot = motion.trajectory_smoothness(*(s[0] for s in samples))
                 trans = motion.trajectory_smoothness(*(s[1] for s in samples)) / self.extent ** 2
                 terms["bone_smooth"] = rot + trans
-            if weights.get("skin_smooth", 0) > 0 and need_rigid:
+            if weights.get("skin_smooth", 0) > 0 and need_rows:
                 rows_d = rows.to(self.device)
                 residual = getattr(model.canonical, SKIN_EXTRA)
                 means = model.canonical.means.detach()
@@ -434,8 +442,10 @@ class Trainer:
             terms["depth_gauge"] = drift ** 2 / self.extent ** 2
         if weights.get("root_smooth", 0) > 0:
             root = model.warp.root
-            terms["root_smooth"] = (motion.keyframe_smoothness(root.rotvecs)
-                                    + motion.keyframe_smoothness(root.offsets) / self.extent ** 2)
+            # Keys sit on the training frames only: a held-out frame leaves a double gap.
+            terms["root_smooth"] = (motion.keyframe_smoothness(root.rotvecs, root.key_times)
+                                    + motion.keyframe_smoothness(root.offsets, root.key_times)
+                                    / self.extent ** 2)
         total = sum(weights.get(name, 0.0) * value for name, value in terms.items())
         values = {name: float(value.detach()) for name, value in terms.items()}
         values["psnr"] = float(np.mean(psnrs))
@@ -557,12 +567,20 @@ class Trainer:
 
         means_next = self.model.surfels_at(self.times[f + 1], refine=False).means
         cams = self.model.cameras([f], scale)
-        flow, _ = render_flow(surfels, means_next, cams, self.config.backend)
+        flow, _ = render_flow(surfels, means_next, cams, self.config.backend,
+                              cameras_j=self.model.cameras([f + 1], scale))
         target = self.flow[f]
         if target.shape[:2] != flow.shape[:2]:
             target = F.interpolate(target.permute(2, 0, 1)[None], size=flow.shape[:2],
                                    mode="bilinear", align_corners=False)[0].permute(1, 2, 0) * scale
         return flow_loss(flow, target, mask)
+
+    def _clear_gradients(self) -> None:
+        """Drop every gradient, also of parameters the optimizer leaves out (a stage that
+        freezes the surfels): theirs would pile up over steps and feed the densification's
+        gradient statistics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
 
     def train_step(self) -> dict:
         """One optimisation step at ``self.step``; returns the record it logs."""
@@ -571,7 +589,7 @@ class Trainer:
             self._enter_stage(name, fresh=False)
         self._set_learning_rates(progress)
         frames = self._sample_frames(stage.frames_per_step)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._clear_gradients()
         total, values, photo = self.compute_losses(frames, stage, progress)
         record = {"step": self.step, "stage": name, "frames": frames}
         finite = bool(torch.isfinite(total))
@@ -581,7 +599,7 @@ class Trainer:
                          for p in g["params"] if p.grad is not None)
         if not finite:
             # Skip the update entirely: no optimizer step, no strategy statistics.
-            self.optimizer.zero_grad(set_to_none=True)
+            self._clear_gradients()
             self.bad_steps += 1
             record["skipped"] = "non-finite loss or gradient"
             console.warn(f"step {self.step}: non-finite loss or gradient, step skipped")
