@@ -88,3 +88,21 @@ def test_hull_through_the_objects_turn_starts_closer_than_its_first_silhouette(t
     # the hull is a prism, farther than either.
     still = chamfer(object_poses=np.tile(np.eye(4), (len(data.frames), 1, 1)), hull_margin=1.3)
     assert still > inflated, (still, inflated)
+
+
+@pytest.mark.parametrize("width, height", [(2, 112), (112, 2)])
+def test_a_part_thinner_than_a_voxel_still_gets_a_volume(width, height):
+    """A 2-pixel bar in a 128-pixel frame (thinner than the 64-cell grid's voxels) fell
+    between the voxel centres: "visual hull is empty" under a fixed camera whose masks are
+    fine. It gets one voxel of width and depth, on the bar."""
+    size, focal = 128, 128 / 2 / np.tan(np.deg2rad(20))
+    mask = np.zeros((1, size, size), np.float32)
+    top, left = (size - height) // 2, (size - width) // 2
+    mask[0, top:top + height, left:left + width] = 1
+    K = np.array([[[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]]])
+    init = init_from_masks(np.ones((1, size, size, 3), np.float32), mask, np.eye(4)[None], K, 500)
+    uv = init.points @ K[0].T
+    uv = uv[:, :2] / uv[:, 2:]
+    # Every surfel projects within a voxel (about 2.3 px here) of the bar.
+    assert (uv[:, 0] > left - 3).all() and (uv[:, 0] < left + width + 3).all()
+    assert (uv[:, 1] > top - 3).all() and (uv[:, 1] < top + height + 3).all()

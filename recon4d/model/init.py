@@ -119,6 +119,26 @@ def inflation_half_thickness(mask: np.ndarray, profile: str = "round") -> np.nda
     return np.sqrt(np.maximum(dist * (2 * radius - dist), 0.0)).astype(np.float32)
 
 
+def _inflated_silhouette(points: np.ndarray, view: np.ndarray, K: np.ndarray, mask: np.ndarray,
+                         depth: float, profile: str, min_voxel: float | None = None) -> np.ndarray:
+    """(N,) bool: which world points (N, 3) lie inside the silhouette ``mask`` (H, W) of the
+    fixed camera (view (4, 4) world-to-camera, K (3, 3)) inflated about camera depth ``depth``.
+
+    ``min_voxel`` (scene units), when given, widens the silhouette by half a voxel and keeps
+    at least half a voxel of thickness, so every voxel column under a thin part is filled.
+    """
+    uv, z = project_points(points, view, K)
+    fx = K[0, 0]
+    # Half-thickness from the silhouette's shape (pixels -> scene units).
+    thickness = sample_nearest(inflation_half_thickness(mask, profile), uv) * z / fx
+    if min_voxel is not None:
+        radius = int(np.ceil(0.5 * min_voxel * fx / depth))
+        mask = ndimage.binary_dilation(mask, iterations=max(radius, 1))
+        thickness = np.maximum(thickness, 0.51 * min_voxel)
+    inside = sample_nearest(mask.astype(np.float32), uv) > 0.5
+    return inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
+
+
 def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
                     num_surfels: int, reference: int = 0, grid: int = 64,
                     depth_hint: float = 2.7, seed: int = 0,
@@ -173,11 +193,11 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
         occupied = _hull(points, viewmats.astype(np.float64) @ np.asarray(object_poses, np.float64),
                          Ks, masks)
     elif cameras_fixed(viewmats, Ks):
-        uv, z = project_points(points, view0, K0)
-        inside = sample_nearest(mask0.astype(np.float32), uv) > 0.5
-        # Half-thickness from the silhouette's shape (pixels -> scene units).
-        thickness = sample_nearest(inflation_half_thickness(mask0, profile), uv) * z / fx
-        occupied = inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
+        occupied = _inflated_silhouette(points, view0, K0, mask0, depth, profile)
+        if occupied.sum() < 8:
+            # A part thinner than a voxel (a pole, a string) falls between the voxel centres:
+            # give it one voxel's width and depth.
+            occupied = _inflated_silhouette(points, view0, K0, mask0, depth, profile, voxel)
     else:
         occupied = _hull(points, viewmats, Ks, masks)
     occ = occupied.reshape(grid, grid, grid)
