@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from recon4d.cli.main import main
-from recon4d.data.dataset import CameraSet, write_dataset
+from recon4d.data.dataset import CameraSet, load_dataset, write_dataset
 from recon4d.errors import UserError
 from recon4d.model import load_run
 from recon4d.model.canonical import CanonicalSurfels
@@ -302,6 +303,102 @@ def test_rates_given_on_resume_apply_and_a_resume_the_checkpoint_cannot_take_cha
     assert load_run(tmp_path / "run").fit_step == 10
 
 
+def test_a_diverging_fit_keeps_its_last_good_checkpoint(ball, tmp_path, monkeypatch):
+    """Checkpoints kept rotating through the skipped steps, so the last good one was pushed
+    out by states of the diverging run."""
+    from recon4d.train import trainer as trainer_mod
+
+    original = trainer_mod.Trainer.compute_losses
+
+    def diverging(self, frames, stage, progress):
+        total, values, photo = original(self, frames, stage, progress)
+        return (total * float("nan") if self.step >= 4 else total), values, photo
+
+    monkeypatch.setattr(trainer_mod.Trainer, "compute_losses", diverging)
+    config = _tiny(coarse_surfels=0, max_bad_steps=4,
+                   **{"full.steps": 12, "checkpoint_every": 2})
+    with pytest.raises(UserError, match="fit again into another --out"):
+        fit(ball, tmp_path / "run", config=config)
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_0000004.pt"
+
+
+def test_resume_refuses_another_input(ball, tmp_path):
+    """Another clip given with --resume was ignored (the run's dataset there) or, with the
+    run's dataset gone, ingested into the run, which then failed with an IndexError for good."""
+    other = make_ball_dataset(tmp_path / "other", frames=6)
+    fit(ball, tmp_path / "run", preset="test", overrides={"checkpoint_every": 2})
+    with pytest.raises(UserError, match="was fitted on"):
+        fit(other, tmp_path / "run", resume=True)
+    shutil.rmtree(tmp_path / "run" / "dataset")
+    with pytest.raises(UserError, match="fitted to another input"):
+        fit(other, tmp_path / "run", resume=True)
+    assert not (tmp_path / "run" / "dataset").exists()  # the other clip's copy is not kept
+    fit(ball, tmp_path / "run", resume=True)  # the run's own input still resumes
+    assert load_dataset(tmp_path / "run" / "dataset").num_frames == 8
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"overrides": {"model.blend": "lbs"}}, "model.blend cannot change on --resume"),
+    ({"overrides": {"seed": 7}}, "seed cannot change on --resume"),
+    ({"preset": "cpu-fast"}, "preset cpu-fast cannot change on --resume"),
+])
+def test_resume_refuses_settings_the_checkpoint_fixes(ball, tmp_path, settings, expected):
+    """They were written into config.json and never applied (the checkpoint's model stayed)."""
+    fit(ball, tmp_path / "run", preset="test")
+    recorded = (tmp_path / "run" / "config.json").read_bytes()
+    with pytest.raises(UserError, match=expected):
+        fit(ball, tmp_path / "run", resume=True, **settings)
+    assert (tmp_path / "run" / "config.json").read_bytes() == recorded
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"model": "x"}, "config.model must be an object of settings"),
+    ({"full": {"losses": "x"}}, "config.full.losses must be an object of settings"),
+])
+def test_a_hand_edited_config_that_cannot_be_read_is_one_line(ball, tmp_path, edit, expected):
+    fit(ball, tmp_path / "run", preset="test")
+    path = tmp_path / "run" / "config.json"
+    payload = json.loads(path.read_text())
+    payload["config"].update(edit)
+    path.write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=expected):
+        fit(ball, tmp_path / "run", resume=True)
+
+
+def test_out_inside_the_input_or_among_other_files_is_refused(ball, tmp_path):
+    """--out inside the dataset folder copied the dataset into itself until the path was too
+    long (a 160 kB error, exit 1); --out on a folder of other files mixed the run into them."""
+    before = sorted(p.relative_to(ball) for p in ball.rglob("*"))
+    for out in (ball / "run", ball):
+        with pytest.raises(UserError, match="lies inside the input folder"):
+            fit(ball, out, preset="test")
+    assert sorted(p.relative_to(ball) for p in ball.rglob("*")) == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "my_notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"already holds other files \(my_notes.txt\)"):
+        fit(ball, notes, preset="test")
+    assert sorted(p.name for p in notes.iterdir()) == ["my_notes.txt"]
+    damaged = tmp_path / "damaged"
+    fit(ball, damaged, preset="test")
+    shutil.rmtree(damaged / "checkpoints")
+    (damaged / "checkpoints").write_text("")
+    with pytest.raises(UserError, match="is a file, not a folder: the run is damaged"):
+        fit(ball, damaged, resume=True)
+
+
+def test_fit_points_ingest_options_to_recon4d_ingest(tmp_path):
+    """fit takes no --masks: a hint naming it used to lead to 'unrecognised option'."""
+    from PIL import Image
+
+    frames = tmp_path / "flat"
+    frames.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (128, 128, 128)).save(frames / f"{i:03d}.png")
+    with pytest.raises(UserError, match=r"--masks.*options of 'recon4d ingest .*flat --out DATASET'"):
+        fit(frames, tmp_path / "run", preset="test")
+
+
 def test_resume_with_nothing_to_resume_says_so_and_fits_from_the_start(ball, tmp_path, capsys):
     """`--resume` on a fresh --out, or on a run stopped before its first checkpoint, fits from
     step 0 and says so instead of failing or passing over it in silence."""
@@ -394,9 +491,12 @@ def test_fit_cli_detail_sets_the_resolution_scaling(monkeypatch, tmp_path, capsy
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("--seed", "-3", "--seed must be 0 or more"),
-    ("--threads", "0", "--threads must be 1 or more"),
-    ("--threads", "-1", "--threads must be 1 or more"),
+    ("--seed", "-3", "--seed must be between 0 and 2**63 - 1"),
+    ("--seed", "99999999999999999999", "--seed must be between 0 and 2**63 - 1"),
+    ("--threads", "0", "--threads must be between 1 and"),
+    ("--threads", "-1", "--threads must be between 1 and"),
+    ("--threads", "100000", "--threads must be between 1 and"),
+    ("--steps", "99999999999999999999", "--steps must be between 1 and 10,000,000"),
     ("--symmetry", "nan", "--symmetry must be 0 or more"),
     ("--symmetry", "inf", "--symmetry must be 0 or more"),
     ("--detail", "inf", "--detail must be 1 or more"),

@@ -65,6 +65,17 @@ class Config:
     """Show the fit live in the viewer while it runs (when the viewer is installed)."""
 
 
+MAX_STEPS = 10_000_000
+"""More full-stage steps than any fit needs (gpu-quality runs 5000): a typo, not a request."""
+
+
+def max_threads() -> int:
+    """The most CPU threads --threads takes: 4 per core (torch failed to start 100000)."""
+    import os
+
+    return 4 * (os.cpu_count() or 1)
+
+
 def _live_viewer(run_dir: Path):
     """A started-on-first-step live viewer (``recon4d.viewer.live``), or None if unavailable."""
     from recon4d.utils.console import info, warn
@@ -88,8 +99,8 @@ def run(config: Config) -> int:
 
     overrides = {"backend": config.backend, "device": config.device}
     if config.steps is not None:
-        if config.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {config.steps}")
+        if not 1 <= config.steps <= MAX_STEPS:
+            raise UserError(f"--steps must be between 1 and {MAX_STEPS:,}, got {config.steps}")
         overrides["full.steps"] = config.steps
     if config.all_frames:
         overrides["all_frames"] = True
@@ -98,13 +109,14 @@ def run(config: Config) -> int:
     if config.blend is not None:
         overrides["model.blend"] = config.blend
     if config.threads is not None:
-        if config.threads < 1:
-            raise UserError(f"--threads must be 1 or more (leave it out for torch's default), "
-                            f"got {config.threads}")
+        most = max_threads()
+        if not 1 <= config.threads <= most:
+            raise UserError(f"--threads must be between 1 and {most} (4 per CPU core here; leave it "
+                            f"out for torch's default), got {config.threads}")
         overrides["num_threads"] = config.threads
     if config.seed is not None:
-        if config.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {config.seed}")
+        if not 0 <= config.seed < 2 ** 63:
+            raise UserError(f"--seed must be between 0 and 2**63 - 1, got {config.seed}")
         overrides["seed"] = config.seed
     if config.detail is not None:
         if not (math.isfinite(config.detail) and config.detail >= 1):
@@ -148,5 +160,5 @@ def run(config: Config) -> int:
     finally:
         if viewer is not None:
             viewer.close()
-    info(f"run written to {run_dir} (next: recon4d export {run_dir})")
+    info(f"run written to {run_dir} (next: recon4d export {shlex.quote(str(run_dir))})")
     return 0

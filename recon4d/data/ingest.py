@@ -265,6 +265,19 @@ def ingest(input_path: str | Path, out_dir: str | Path, options: IngestOptions |
     return out_dir
 
 
+def input_sha256(path: Path) -> str:
+    """The sha256 a dataset's manifest records for the raw input ``path``: the file's, a
+    transforms.json's, or a frame folder's images' together."""
+    from recon4d.data.readers import list_images, sha256_file, sha256_files
+
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if input_kind(path) == "transforms":
+        return sha256_file(path / "transforms.json")
+    return sha256_files(list_images(path))
+
+
 def ensure_dataset(input_or_dataset: str | Path, out_dir: str | Path,
                    options: IngestOptions | None = None) -> Path:
     """A dataset directory for ``input_or_dataset``: itself if it already is one, else ingest it.
@@ -280,19 +293,13 @@ def ensure_dataset(input_or_dataset: str | Path, out_dir: str | Path,
         return path
     out_dir = Path(out_dir)
     if is_dataset_dir(out_dir) and not (options and options.overwrite) and path.exists():
-        from recon4d.data.readers import list_images, sha256_file, sha256_files
         from recon4d.rundir import to_jsonable
 
         manifest = read_json(out_dir / "manifest.json")
         recorded = manifest.get("source", {}).get("sha256")
         same_options = manifest.get("extras", {}).get("options") == to_jsonable(
             options or IngestOptions())
-        if path.is_file():
-            current = sha256_file(path)
-        elif input_kind(path) == "transforms":
-            current = sha256_file(path / "transforms.json")
-        else:
-            current = sha256_files(list_images(path))
+        current = input_sha256(path)
         same_side_inputs = manifest.get("extras", {}).get("inputs_sha256") == side_inputs_sha256(
             path, options or IngestOptions())
         if recorded == current and same_options and same_side_inputs:

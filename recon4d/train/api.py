@@ -30,7 +30,75 @@ def _prepare_dataset(input_or_dataset: str | Path, run_dataset: Path, ingest_opt
         raise UserError(f"'{source}' is not a recon4d dataset and ingest is unavailable here: run "
                         "'recon4d ingest' first and pass the dataset folder") from exc
     options = ingest_options if ingest_options is not None else IngestOptions()
-    ensure_dataset(source, run_dataset, options)
+    try:
+        ensure_dataset(source, run_dataset, options)
+    except UserError as exc:
+        if "--masks" not in str(exc) and "--mask-source" not in str(exc):
+            raise
+        # Those are options of ingest, which fit does not take.
+        raise UserError(f"{exc} (options of 'recon4d ingest {source} --out DATASET'; then "
+                        "'recon4d fit DATASET')") from exc
+
+
+RUN_ENTRIES = frozenset({"config.json", "metrics.json", "dataset", "checkpoints", "logs", "export",
+                         "renders"})
+"""What a run folder holds; a folder with anything else in it is not a run."""
+
+
+def _check_run_location(source: Path, run_root: Path, resume: bool) -> None:
+    """Refuse, before anything is written, an --out that would mix the run into other files:
+    inside (or equal to) the input folder (the dataset's copy recursed into itself), an empty
+    name, or an existing folder with other files (a dataset, the current folder)."""
+    if source.is_dir() and run_root.resolve().is_relative_to(source.resolve()):
+        raise UserError(f"--out '{run_root}' lies inside the input folder '{source}': choose an "
+                        "--out outside it")
+    for name in ("checkpoints", "logs", "dataset", "export", "renders"):
+        if (run_root / name).exists() and not (run_root / name).is_dir():
+            raise UserError(f"'{run_root / name}' is a file, not a folder: the run is damaged; "
+                            "delete it or choose another --out")
+    if run_root.is_dir() and not (resume and (run_root / "config.json").is_file()):
+        # A resumed run may hold what export, render or eval wrote beside it.
+        others = sorted(entry.name for entry in run_root.iterdir()
+                        if entry.name not in RUN_ENTRIES and not entry.name.startswith("."))
+        if others:
+            raise UserError(f"--out '{run_root}' already holds other files ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}) and is not a run: choose a new "
+                            "or empty --out")
+
+
+def _check_resumed_input(source: Path, run_dataset: Path) -> None:
+    """A resume continues the run's own clip: refuse another input (it used to be ignored, or,
+    with the run's dataset gone, ingested into the run, which then failed for good).
+
+    Raw inputs are compared by the sha256 the run's manifest records; dataset folders by their
+    manifests (the run's dataset is a copy of one).
+    """
+    from recon4d.data.dataset import is_dataset_dir
+    from recon4d.data.ingest import input_sha256
+    from recon4d.utils.atomic import read_json
+
+    if not is_dataset_dir(run_dataset) or not source.exists():
+        return
+    if source.resolve() == run_dataset.resolve():
+        return
+    manifest = read_json(run_dataset / "manifest.json")
+    recorded = manifest.get("source", {})
+    try:
+        if is_dataset_dir(source):
+            theirs = read_json(source / "manifest.json")
+            same = (theirs.get("source", {}).get("sha256") == recorded["sha256"]
+                    if recorded.get("sha256") and theirs.get("source", {}).get("sha256")
+                    else theirs == manifest)
+        elif recorded.get("sha256"):
+            same = input_sha256(source) == recorded["sha256"]
+        else:
+            same = True  # a dataset made from nothing we can hash again
+    except (OSError, ValueError, UserError):
+        return  # unreadable inputs are reported where they are read
+    if not same:
+        raise UserError(f"the run in '{run_dataset.parent}' was fitted on "
+                        f"'{recorded.get('path') or run_dataset}', not '{source}': resume with "
+                        "that input, or fit this one into another --out")
 
 
 def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: str | None = None,
@@ -58,12 +126,25 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     from recon4d.utils.atomic import atomic_write_bytes
 
     run = RunDir(run_dir)
+    source = Path(input_or_dataset)
+    _check_run_location(source, run.root, resume)
     if resume and run.config_path.is_file():
         try:
             config = config_from_dict(run.read_config())
         except ValueError as exc:
-            raise UserError(f"{run.config_path} cannot be resumed ({exc}): fit again without "
-                            "--resume") from exc
+            raise UserError(f"{run.config_path} cannot be resumed ({exc}): restore the file or "
+                            "fit again into another --out") from exc
+        recorded_values = {"model.blend": config.model.blend, "seed": config.seed}
+        fixed = sorted(key for key, value in (overrides or {}).items()
+                       if key in recorded_values and value != recorded_values[key])
+        if preset is not None and preset != config.preset:
+            fixed.insert(0, f"preset {preset}")
+        if fixed:
+            # The model's shape, its random state and the preset come from the checkpoint;
+            # config.json would record settings the resumed fit never ran with.
+            raise UserError(f"{', '.join(fixed)} cannot change on --resume (the run's checkpoint "
+                            "fixes them): resume without them, or fit again into another --out")
+        _check_resumed_input(source, run.dataset)
     else:
         if resume:
             console.info(f"nothing to resume in '{run.root}' (no config.json): starting a new fit")
@@ -99,7 +180,8 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
         raise UserError(f"'{run.root}' already holds a fit: pass --resume to continue it or choose "
                         "another --out")
     run.create()
-    if not (resume and run.dataset.is_dir()):
+    made_dataset = not (resume and run.dataset.is_dir())
+    if made_dataset:
         _prepare_dataset(input_or_dataset, run.dataset, ingest_options)
     dataset = load_dataset(run.dataset)
     config = resolve_for_dataset(config, dataset.width, dataset.height, dataset.num_frames)
@@ -109,7 +191,9 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
         Trainer(dataset, run, config, on_step=on_step).fit(resume=resume)
     except ResumeMismatch:
         # The settings given now never ran: the run keeps the ones its checkpoints were made
-        # with, so a plain --resume still works.
+        # with (and no dataset made for another input), so a plain --resume still works.
         atomic_write_bytes(run.config_path, recorded)
+        if made_dataset:
+            shutil.rmtree(run.dataset, ignore_errors=True)
         raise
     return run.root

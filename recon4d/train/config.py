@@ -455,6 +455,10 @@ def _merge(obj: Any, data: dict[str, Any], where: str, whole_dicts: bool = False
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
             updates[key] = _merge(current, value, f"{where}.{key}", whole_dicts)
+        elif (dataclasses.is_dataclass(current) or isinstance(current, dict)) and not isinstance(
+                value, dict):
+            # A group of settings replaced by a plain value failed later on its attributes.
+            raise ValueError(f"{where}.{key} must be an object of settings, got {value!r}")
         elif isinstance(current, dict) and isinstance(value, dict) and not whole_dicts:
             updates[key] = {**current, **value}  # an override of one loss weight of a stage
         else:

@@ -606,8 +606,9 @@ class Trainer:
             if self.bad_steps >= self.config.max_bad_steps:
                 self.run.log_metrics(record)
                 raise UserError(f"the fit diverged ({self.bad_steps} non-finite steps in a row at "
-                                f"step {self.step}): lower the learning rates or check the input "
-                                "frames and masks, then fit again")
+                                f"step {self.step}): check the input frames and masks or lower "
+                                "the learning rates, then fit again into another --out (this "
+                                "run's checkpoints may hold the diverging state)")
             return record
         self.bad_steps = 0
         self.robust.update(frames, photo)
@@ -663,6 +664,9 @@ class Trainer:
             "plane_searched": self._plane_searched,
             "gauge_depth": self._gauge_depth,
             "root_anchor": self._root_anchor,
+            # Which input the run fits: a resume onto another clip's dataset is refused.
+            "dataset_sha256": self.dataset.manifest.get("source", {}).get("sha256"),
+            "dataset_frames": self.dataset.num_frames,
         }
 
     def save(self) -> None:
@@ -674,6 +678,13 @@ class Trainer:
         if found is None:
             return False
         _, state = found
+        source = self.dataset.manifest.get("source", {})
+        recorded = state.get("dataset_sha256")
+        if (state.get("dataset_frames", self.dataset.num_frames) != self.dataset.num_frames
+                or (recorded is not None and source.get("sha256") not in (None, recorded))):
+            raise ResumeMismatch(f"the run's checkpoints were fitted to another input than "
+                                 f"'{source.get('path', self.dataset.root)}': resume with the "
+                                 "run's own input, or fit this one into another --out")
         self.model = DynamicSurfelModel.from_state(state["model_spec"], state["model"]).to(self.device)
         self.extent = float(state["extent"])
         self._gauge_depth = state.get("gauge_depth")
@@ -746,7 +757,10 @@ class Trainer:
                 held = self.evaluate(self.dataset.test_indices())
                 if held is not None:
                     self.run.log_metrics({"step": self.step, "heldout_psnr": held})
-            saved = self.step % cfg.checkpoint_every == 0 and self.step < total
+            # No checkpoint of a state whose steps are being skipped: the kept ones rotate, and
+            # a diverging run would otherwise push out its last good one.
+            saved = (self.step % cfg.checkpoint_every == 0 and self.step < total
+                     and self.bad_steps == 0)
             if saved:
                 self.save()
             if stop.signum is not None and self.step < total:
