@@ -1070,3 +1070,18 @@ def test_init_profile_auto_is_round_without_depth_maps_and_linear_with_them(ball
     fit(with_maps, tmp_path / "mapped", config=apply_overrides(config, {"full.losses.depth": 0.1}))
     fit(ball, tmp_path / "forced", config=apply_overrides(config, {"model.init_profile": "linear"}))
     assert used == ["round", "linear", "linear"]
+
+
+def test_a_second_sigterm_stops_at_once_with_the_sigterm_status():
+    """The second signal used to raise a bare KeyboardInterrupt: exit 130 for a SIGTERM."""
+    import signal as signals
+
+    from recon4d.errors import Interrupted
+    from recon4d.train.stop import StopRequests
+
+    with StopRequests() as stop:
+        os.kill(os.getpid(), signals.SIGTERM)
+        assert stop.signum == signals.SIGTERM
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signals.SIGTERM)
+    assert caught.value.exit_code == 143

@@ -40,7 +40,10 @@ class StopRequests:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:  # asked twice: stop now, mid-step
-            raise KeyboardInterrupt
+            from recon4d.errors import Interrupted
+
+            # The exit status names the signal (143 for SIGTERM), as for the first one.
+            raise Interrupted("stopped at once, mid-step", exit_code=128 + signum)
         self.signum = signum
         console.warn(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
                      "(a second Ctrl+C or SIGTERM stops at once)")
