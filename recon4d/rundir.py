@@ -82,7 +82,27 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.root / "metrics.json"
 
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        """The folders a run holds (``dataset`` is written whole by the fit, the rest by
+        :meth:`create`)."""
+        return (self.dataset, self.checkpoints, self.logs, self.export, self.renders)
+
+    @property
+    def entry_names(self) -> frozenset[str]:
+        """The names a run folder holds; a folder with anything else in it is not a run."""
+        return frozenset(path.name for path in (*self.folders, self.config_path, self.metrics_path))
+
+    def check_folders(self) -> "RunDir":
+        """Raise a UserError when one of the run's folders is a file (a damaged run)."""
+        for folder in self.folders:
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"'{folder}' is a file, not a folder: the run is damaged; delete "
+                                "it or choose another --out")
+        return self
+
     def create(self) -> "RunDir":
+        self.check_folders()
         for folder in (self.root, self.checkpoints, self.logs, self.export, self.renders):
             folder.mkdir(parents=True, exist_ok=True)
         return self

@@ -40,28 +40,21 @@ def _prepare_dataset(input_or_dataset: str | Path, run_dataset: Path, ingest_opt
                         "'recon4d fit DATASET')") from exc
 
 
-RUN_ENTRIES = frozenset({"config.json", "metrics.json", "dataset", "checkpoints", "logs", "export",
-                         "renders"})
-"""What a run folder holds; a folder with anything else in it is not a run."""
-
-
-def _check_run_location(source: Path, run_root: Path, resume: bool) -> None:
-    """Refuse, before anything is written, an --out that would mix the run into other files:
-    inside (or equal to) the input folder (the dataset's copy recursed into itself), an empty
-    name, or an existing folder with other files (a dataset, the current folder)."""
-    if source.is_dir() and run_root.resolve().is_relative_to(source.resolve()):
-        raise UserError(f"--out '{run_root}' lies inside the input folder '{source}': choose an "
+def _check_run_location(source: Path, run, resume: bool) -> None:
+    """Refuse, before anything is written, an --out that would mix the run (a RunDir) into
+    other files: inside (or equal to) the input folder (the dataset's copy recursed into
+    itself), a damaged run, or an existing folder with other files (a dataset, the current
+    folder)."""
+    if source.is_dir() and run.root.resolve().is_relative_to(source.resolve()):
+        raise UserError(f"--out '{run.root}' lies inside the input folder '{source}': choose an "
                         "--out outside it")
-    for name in ("checkpoints", "logs", "dataset", "export", "renders"):
-        if (run_root / name).exists() and not (run_root / name).is_dir():
-            raise UserError(f"'{run_root / name}' is a file, not a folder: the run is damaged; "
-                            "delete it or choose another --out")
-    if run_root.is_dir() and not (resume and (run_root / "config.json").is_file()):
+    run.check_folders()
+    if run.root.is_dir() and not (resume and run.config_path.is_file()):
         # A resumed run may hold what export, render or eval wrote beside it.
-        others = sorted(entry.name for entry in run_root.iterdir()
-                        if entry.name not in RUN_ENTRIES and not entry.name.startswith("."))
+        others = sorted(entry.name for entry in run.root.iterdir()
+                        if entry.name not in run.entry_names and not entry.name.startswith("."))
         if others:
-            raise UserError(f"--out '{run_root}' already holds other files ({', '.join(others[:3])}"
+            raise UserError(f"--out '{run.root}' already holds other files ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}) and is not a run: choose a new "
                             "or empty --out")
 
@@ -86,9 +79,8 @@ def _check_resumed_input(source: Path, run_dataset: Path) -> None:
     try:
         if is_dataset_dir(source):
             theirs = read_json(source / "manifest.json")
-            same = (theirs.get("source", {}).get("sha256") == recorded["sha256"]
-                    if recorded.get("sha256") and theirs.get("source", {}).get("sha256")
-                    else theirs == manifest)
+            ours_sha, theirs_sha = recorded.get("sha256"), theirs.get("source", {}).get("sha256")
+            same = ours_sha == theirs_sha if ours_sha and theirs_sha else theirs == manifest
         elif recorded.get("sha256"):
             same = input_sha256(source) == recorded["sha256"]
         else:
@@ -127,7 +119,7 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
 
     run = RunDir(run_dir)
     source = Path(input_or_dataset)
-    _check_run_location(source, run.root, resume)
+    _check_run_location(source, run, resume)
     if resume and run.config_path.is_file():
         try:
             config = config_from_dict(run.read_config())

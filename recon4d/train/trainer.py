@@ -89,6 +89,8 @@ class Trainer:
         self.config = config
         self.on_step = on_step
         self.device = resolve_device(config.device)
+        # Depth distortion is counted in object sizes: gsplat's variant is |dz|, the spec's dz^2.
+        self._distortion_power = 1 if resolve_backend(config.backend, self.device) == "gsplat" else 2
         self.train_frames = dataset.train_indices(config.all_frames)
         self._train_set = set(self.train_frames)
         if len(self.train_frames) < 1:
@@ -365,7 +367,6 @@ class Trainer:
 
         photo_values = []
         psnrs = []
-        distortion_power = 1 if resolve_backend(cfg.backend, self.device) == "gsplat" else 2
         n = len(model.canonical)
         need_rigid = weights.get("rigidity", 0) > 0 and n > 1
         # Skinning smoothness compares sampled surfels with their neighbours too.
@@ -390,8 +391,8 @@ class Trainer:
                 add("normal", geometry.normal_consistency(out, mask).sum())
             if weights.get("distortion", 0) > 0:
                 # In units of the object's half-size, like the other geometric terms, so one
-                # weight fits any scene scale; gsplat's variant is |dz|, the spec's dz^2.
-                add("distortion", geometry.distortion_loss(out).sum() / self.extent ** distortion_power)
+                # weight fits any scene scale.
+                add("distortion", geometry.distortion_loss(out).sum() / self.extent ** self._distortion_power)
             # Flow into a held-out frame would carry that frame's pixels into training.
             if (weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times)
                     and f + 1 in self._train_set):
@@ -411,7 +412,7 @@ class Trainer:
                 dt = 1.0 / max(len(self.times) - 1, 1)
                 # t - dt and t + dt both inside the clip: a clamped end would make steady
                 # motion look like a stop and pull it towards one.
-                inner = max(1.0 - 2 * dt, 0.0)
+                inner = 1.0 - 2 * dt
                 t = dt + inner * float(torch.rand((), generator=self.generator)) if inner > 0 else 0.5
                 samples = [bones.motion_params(t + d) for d in (-dt, 0.0, dt)]
                 rot = motion.trajectory_smoothness(*(s[0] for s in samples))
