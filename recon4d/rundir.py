@@ -118,14 +118,31 @@ class RunDir:
         return self
 
     # Config -------------------------------------------------------------------------------
-    def write_config(self, config: Any, kind: str = "fit") -> Path:
+    def write_config(self, config: Any, kind: str = "fit", requested: dict | None = None) -> Path:
+        """Write config.json. ``requested``: the settings the fit was started with, as given
+        (before the dataset scaled them), which a --resume compares the settings given again
+        with; None keeps those already recorded."""
         payload = {
             "schema_version": CONFIG_SCHEMA_VERSION,
             "kind": kind,
             "recon4d_version": __version__,
             "config": to_jsonable(config),
         }
+        if requested is None:
+            requested = self.read_requested()
+        if requested is not None:
+            payload["requested"] = to_jsonable(requested)
         return atomic_write_json(self.config_path, payload)
+
+    def read_requested(self) -> dict | None:
+        """The settings recorded as given when the fit started (None: not recorded, as in runs
+        made before recon4d recorded them, or no readable config.json)."""
+        try:
+            payload = read_json(self.config_path)
+        except (OSError, ValueError):
+            return None
+        requested = payload.get("requested") if isinstance(payload, dict) else None
+        return requested if isinstance(requested, dict) else None
 
     def read_config(self) -> dict:
         """The ``config`` object of config.json, after checking the schema version."""

@@ -76,6 +76,24 @@ def test_bad_option_exits_2():
     assert proc.returncode == 2
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["fit", "clip.mp4", "--steps", "abc"], "--steps takes an integer, got 'abc'"),
+    (["fit"], "missing argument PATH: run 'recon4d fit --help' for the options"),
+    (["fit", "clip.mp4", "--bogus"], "unrecognized option '--bogus'"),
+    (["fit", "clip.mp4", "--preset", "best"], "--preset must be one of cpu-fast, gpu-quality, test, got 'best'"),
+    (["fit", "clip.mp4", "--resume", "1"], "unrecognized argument '1'"),
+    (["fit", "clip.mp4", "--backend"], "--backend needs one of auto, reference, native, gsplat"),
+    (["ingest", "clip.mp4"], "missing option --out"),
+    (["render", "run", "--time", "noon"], "--time takes a number, got 'noon'"),
+])
+def test_a_rejected_option_is_one_line_exit_2(argv, expected, capsys):
+    """tyro's boxed panel (ten lines or more) becomes recon4d's one line naming the fix."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("recon4d: error: ") and expected in err[0], err[0]
+
+
 def test_atomic_directory_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out"
     with pytest.raises(RuntimeError):

@@ -338,8 +338,8 @@ def test_resume_refuses_another_input(ball, tmp_path):
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ({"overrides": {"model.blend": "lbs"}}, "model.blend cannot change on --resume"),
-    ({"overrides": {"seed": 7}}, "seed cannot change on --resume"),
+    ({"overrides": {"model.blend": "lbs"}}, "model.blend lbs cannot change on --resume"),
+    ({"overrides": {"seed": 7}}, "seed 7 cannot change on --resume"),
     ({"preset": "cpu-fast"}, "preset cpu-fast cannot change on --resume"),
 ])
 def test_resume_refuses_settings_the_checkpoint_fixes(ball, tmp_path, settings, expected):
@@ -349,6 +349,29 @@ def test_resume_refuses_settings_the_checkpoint_fixes(ball, tmp_path, settings, 
     with pytest.raises(UserError, match=expected):
         fit(ball, tmp_path / "run", resume=True, **settings)
     assert (tmp_path / "run" / "config.json").read_bytes() == recorded
+
+
+def test_resume_given_the_starting_command_again_keeps_the_scaled_schedule(tmp_path):
+    """A 256x256 clip's --steps N runs 2N steps (the budget grows with the frame); the same
+    command line plus --resume applied N to the recorded, scaled config, so the fit ended
+    early or reported "fit already complete". Another value than the run started with is
+    refused like --blend, and a setting it does not fix (a rate) still applies."""
+    clip = make_ball_dataset(tmp_path / "clip", frames=6, size=256)
+    asked = {"coarse.steps": 2, "full.steps": 3, "model.num_surfels": 200, "coarse_surfels": 50,
+             "strategy.max_surfels": 300, "checkpoint_every": 2, "num_threads": 1}
+    fit(clip, tmp_path / "run", preset="test", overrides=asked)
+    run = RunDir(tmp_path / "run")
+    scaled = run.read_config()["full"]["steps"]
+    assert scaled > 3 and run.read_requested()["full.steps"] == 3
+    latest_checkpoint(run.checkpoints).unlink()        # as if killed before the last one
+    fit(clip, tmp_path / "run", preset="test", resume=True,
+        overrides={**asked, "lr.sh_dc": 0.01})
+    assert run.read_config()["full"]["steps"] == scaled
+    assert run.read_config()["lr"]["sh_dc"] == 0.01
+    assert load_run(tmp_path / "run").fit_step == 2 + scaled
+    assert run.read_requested()["full.steps"] == 3     # a resume keeps the record
+    with pytest.raises(UserError, match="full.steps 5 cannot change on --resume"):
+        fit(clip, tmp_path / "run", resume=True, overrides={"full.steps": 5})
 
 
 @pytest.mark.parametrize("edit, expected", [
@@ -723,6 +746,29 @@ def test_the_flow_term_renders_frame_f_plus_1_through_its_own_camera(ball, tmp_p
     assert torch.equal(seen["cameras_j"].viewmats, trainer.model.cameras([4]).viewmats)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5, 0.25])
+def test_the_flow_term_is_in_pixels_of_the_dataset_at_any_stage_scale(ball, tmp_path, monkeypatch,
+                                                                    scale):
+    """A motion of 2 px of the dataset's frames is 2 * scale px at the stage's resolution; the
+    term reads 2 at every scale (it read 2 * scale, so the coarse stage felt half the weight)."""
+    import recon4d.train.flow as flow_module
+
+    trainer = _trainer_at_full_stage(ball, tmp_path)
+    trainer.flow = torch.zeros(trainer.dataset.num_frames - 1, 32, 32, 2)
+    size = round(32 * scale)
+
+    def uniform_motion(surfels, means_j, cameras, backend="auto", span=None, cameras_j=None):
+        assert cameras.width == size
+        flow = torch.zeros(size, size, 2)
+        flow[..., 0] = 2.0 * scale
+        return flow, torch.ones(size, size)
+
+    monkeypatch.setattr(flow_module, "render_flow", uniform_motion)
+    surfels, _ = trainer.model.warped_state(trainer.times[3])
+    term = trainer._flow_term(surfels, 3, scale, torch.ones(size, size))
+    assert float(term) == pytest.approx(2.0, rel=1e-5)
+
+
 def test_depth_distortion_is_counted_in_object_sizes(ball, tmp_path):
     """The same render scores the same distortion term at any scene scale: the term is over
     the object's half-size squared, like the other geometric terms."""
@@ -733,6 +779,25 @@ def test_depth_distortion_is_counted_in_object_sizes(ball, tmp_path):
     _, large, _ = trainer.compute_losses([0], stage, 1.0)
     assert small["distortion"] > 0
     assert large["distortion"] == pytest.approx(small["distortion"] / 4.0, rel=1e-4)
+
+
+def test_a_down_weighted_frame_weighs_less_in_every_term_on_its_data(ball, tmp_path):
+    """The robust weight scaled the photometric term only: a distorted frame's mask (and flow,
+    depth) still pulled at full weight. The render's own regularisers are not the frame's data."""
+    trainer = _trainer_at_full_stage(ball, tmp_path)
+    stage = dataclasses.replace(trainer.config.full,
+                                losses={"mask": 1.0, "normal": 1.0, "distortion": 1.0})
+    _, full, _ = trainer.compute_losses([0], stage, 1.0)
+    # Frame 0 has stayed 10x worse than the others: weight (3 x median / its loss)^2 = 0.09.
+    trainer.robust.ema[:] = 1.0
+    trainer.robust.ema[0] = 10.0 * trainer.config.robust_tolerance / 3.0
+    weight = float(trainer.robust.weights([0])[0])
+    assert weight < 0.5
+    _, down, _ = trainer.compute_losses([0], stage, 1.0)
+    assert down["mask"] == pytest.approx(weight * full["mask"], rel=1e-5)
+    assert down["photo"] == pytest.approx(weight * full["photo"], rel=1e-5)
+    assert down["normal"] == pytest.approx(full["normal"], rel=1e-5)
+    assert down["distortion"] == pytest.approx(full["distortion"], rel=1e-5)
 
 
 def test_skinning_smoothness_runs_without_rigidity(ball, tmp_path):

@@ -3,7 +3,7 @@
 The first word picks a subcommand; only that subcommand's module is imported, and tyro parses
 the rest into its ``Config`` dataclass. Global flags, accepted anywhere on the line:
 ``--quiet`` (no progress output) and ``--debug`` (tracebacks for user errors).
-User errors (:class:`recon4d.errors.UserError`) print one line and exit with code 2; errors of
+User errors (:class:`recon4d.errors.UserError`, and options tyro rejects) print one line and exit with code 2; errors of
 the machine (OSError: a full disk, no permission) print one line and exit with code 1.
 """
 
@@ -107,11 +107,16 @@ def _main(argv: list[str] | None) -> int:
     module = importlib.import_module(f"recon4d.cli.{name}")
     import tyro
 
+    from recon4d.cli.option_errors import OptionError, one_line_option_errors
+
     try:
-        config = tyro.cli(module.Config, args=args[1:], prog=f"recon4d {name}",
-                          description=SUBCOMMANDS[name] + "\n\n"
-                          + inspect.cleandoc(module.Config.__doc__ or ""))
-    except SystemExit as exc:  # tyro/argparse: --help exits 0, bad options exit 2
+        with one_line_option_errors():
+            config = tyro.cli(module.Config, args=args[1:], prog=f"recon4d {name}",
+                              description=SUBCOMMANDS[name] + "\n\n"
+                              + inspect.cleandoc(module.Config.__doc__ or ""))
+    except OptionError as exc:
+        return _fail(str(exc))
+    except SystemExit as exc:  # tyro: --help exits 0; a panel it prints itself exits 2
         return int(exc.code or 0)
 
     from recon4d.errors import UserError

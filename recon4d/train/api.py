@@ -93,6 +93,42 @@ def _check_resumed_input(source: Path, run_dataset: Path) -> None:
                         "that input, or fit this one into another --out")
 
 
+FIXED_AT_START = {"model.blend", "seed", "all_frames", "coarse_surfels", "full.steps",
+                  "model.num_surfels", "strategy.max_surfels", "model.time_freqs",
+                  "resolution_scaling", "frames_scaling", "scaling_budget"}
+"""Settings a run takes once, when it starts: the model's shape and random state, the training
+frames, and the budgets the dataset scales (``resolve_for_dataset``); config.json holds the
+scaled values, so a number given again on --resume cannot be applied to them as it stands."""
+
+SCALED_AT_START = {"full.steps", "model.num_surfels", "strategy.max_surfels", "model.time_freqs",
+                   "resolution_scaling", "frames_scaling", "scaling_budget"}
+
+
+def _settings_a_resume_takes(config, overrides: dict[str, Any] | None,
+                             requested: dict | None) -> tuple[dict[str, Any], list[str]]:
+    """(the overrides a resume applies, the fixed settings given with another value).
+
+    A fixed setting given again with the value the run started with (the same command line
+    plus --resume) is already in the recorded config and is dropped: ``--steps 900`` on a
+    256x256 clip was scaled to 1800 steps, and applying 900 again ended the fit early. Without
+    a record (runs made before it), an unscaled setting still compares with the config.
+    """
+    from recon4d.train.config import get_setting
+
+    kept, fixed = {}, []
+    for key, value in (overrides or {}).items():
+        if key not in FIXED_AT_START:
+            kept[key] = value  # rates, losses, threads, backend, a time budget: they apply
+            continue
+        if requested is not None and key in requested:
+            same = requested[key] == value
+        else:
+            same = key not in SCALED_AT_START and get_setting(config, key) == value
+        if not same:
+            fixed.append(f"{key} {value}")
+    return kept, sorted(fixed)
+
+
 def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: str | None = None,
         resume: bool = False, on_step: Callable[[int, Any, dict], None] | None = None,
         overrides: dict[str, Any] | None = None, ingest_options=None) -> Path:
@@ -126,9 +162,7 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
         except ValueError as exc:
             raise UserError(f"{run.config_path} cannot be resumed ({exc}): restore the file or "
                             "fit again into another --out") from exc
-        recorded_values = {"model.blend": config.model.blend, "seed": config.seed}
-        fixed = sorted(key for key, value in (overrides or {}).items()
-                       if key in recorded_values and value != recorded_values[key])
+        overrides, fixed = _settings_a_resume_takes(config, overrides, run.read_requested())
         if preset is not None and preset != config.preset:
             fixed.insert(0, f"preset {preset}")
         if fixed:
@@ -178,7 +212,10 @@ def fit(input_or_dataset: str | Path, run_dir: str | Path, config=None, preset: 
     dataset = load_dataset(run.dataset)
     config = resolve_for_dataset(config, dataset.width, dataset.height, dataset.num_frames)
     recorded = run.config_path.read_bytes() if resume else None
-    run.write_config(config, kind="fit")
+    # A new fit records what it was asked for, before the dataset scaled it (a resume compares).
+    requested = None if resume else {key: value for key, value in (overrides or {}).items()
+                                     if key in FIXED_AT_START}
+    run.write_config(config, kind="fit", requested=requested)
     try:
         Trainer(dataset, run, config, on_step=on_step).fit(resume=resume)
     except ResumeMismatch:

@@ -476,3 +476,16 @@ def apply_overrides(config: FitConfig, overrides: dict[str, Any]) -> FitConfig:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return _merge(config, data, "config")
+
+
+def get_setting(config: FitConfig, dotted: str) -> Any:
+    """The value at a dotted key (``"model.blend"``), or None where the key names nothing."""
+    node: Any = config
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node

@@ -384,9 +384,13 @@ class Trainer:
             photo = photometric.photometric_per_image(out.rgb, target, stage.ssim_weight)
             photo_values.append(photo.detach())
             psnrs.append(photometric.psnr(out.rgb, target))
-            add("photo", photo.sum() * robust[k].to(photo))
+            # A frame's robust weight scales every term that compares with that frame's data
+            # (image, mask, flow, depth map): a distorted generated frame's mask is distorted
+            # too. The render's own regularisers (normals, distortion) keep full weight.
+            trust = robust[k].to(photo)
+            add("photo", photo.sum() * trust)
             if weights.get("mask", 0) > 0:
-                add("mask", geometry.mask_loss(out, mask).sum())
+                add("mask", geometry.mask_loss(out, mask).sum() * trust)
             if weights.get("normal", 0) > 0:
                 add("normal", geometry.normal_consistency(out, mask).sum())
             if weights.get("distortion", 0) > 0:
@@ -396,12 +400,13 @@ class Trainer:
             # Flow into a held-out frame would carry that frame's pixels into training.
             if (weights.get("flow", 0) > 0 and self.flow is not None and f + 1 < len(self.times)
                     and f + 1 in self._train_set):
-                add("flow", self._flow_term(surfels, f, stage.resolution, mask[0]))
+                add("flow", self._flow_term(surfels, f, stage.resolution, mask[0]) * trust)
             if weights.get("depth", 0) > 0 and self.depth is not None:
                 user = self._depth_at(stage.resolution)[f]
                 # Trust the map on the object only, where the render covers it too.
                 trusted = mask[0] * (out.alpha[0].detach() > 0.5).to(mask)
-                add("depth", priors.depth_prior_loss(out.depth[0], user, trusted, self.depth_kind))
+                add("depth", priors.depth_prior_loss(out.depth[0], user, trusted, self.depth_kind)
+                    * trust)
             if need_rigid:
                 rows_d = rows.to(self.device)
                 add("rigidity", motion.rigidity_loss(model.canonical.means, surfels.means, warp_q,
@@ -562,7 +567,9 @@ class Trainer:
         return cam2world[:3, :3] @ np.array([0.0, 0.0, depth]) + cam2world[:3, 3]
 
     def _flow_term(self, surfels, f: int, scale: float, mask: Tensor) -> Tensor:
-        """Rendered flow f -> f+1 against the dataset's (DIS) flow, in pixels at ``scale``."""
+        """Rendered flow f -> f+1 against the dataset's (DIS) flow: the robust end-point error
+        in pixels of the dataset's frames, whatever the stage's ``scale`` (in the stage's own
+        pixels the coarse stage at 0.5 scored half, so one weight meant two strengths)."""
         from recon4d.losses.priors import flow_loss
         from recon4d.train.flow import render_flow
 
@@ -574,7 +581,7 @@ class Trainer:
         if target.shape[:2] != flow.shape[:2]:
             target = F.interpolate(target.permute(2, 0, 1)[None], size=flow.shape[:2],
                                    mode="bilinear", align_corners=False)[0].permute(1, 2, 0) * scale
-        return flow_loss(flow, target, mask)
+        return flow_loss(flow / scale, target / scale, mask)
 
     def _clear_gradients(self) -> None:
         """Drop every gradient, also of parameters the optimizer leaves out (a stage that
