@@ -106,3 +106,68 @@ def test_a_part_thinner_than_a_voxel_still_gets_a_volume(width, height):
     # Every surfel projects within a voxel (about 2.3 px here) of the bar.
     assert (uv[:, 0] > left - 3).all() and (uv[:, 0] < left + width + 3).all()
     assert (uv[:, 1] > top - 3).all() and (uv[:, 1] < top + height + 3).all()
+
+
+def _sphere_seen_by_a_fixed_camera(focal: float, radius: float, depth: float = 2.7, size: int = 128):
+    """(frames, masks, viewmats, Ks) of a ball of ``radius`` at ``depth`` on the optical axis."""
+    K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
+    view = np.eye(4)
+    view[2, 3] = depth  # world origin (the ball's centre) at camera depth ``depth``
+    ys, xs = np.mgrid[0:size, 0:size]
+    rays = np.stack([(xs + 0.5 - size / 2) / focal, (ys + 0.5 - size / 2) / focal,
+                     np.ones((size, size))], -1)
+    rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+    along = rays[..., 2] * depth  # ray . centre, the centre on the axis
+    mask = (along ** 2 - (depth ** 2 - radius ** 2) > 0).astype(np.float32)
+    return np.full((1, size, size, 3), 0.5, np.float32), mask[None], view[None], K[None]
+
+
+def test_the_inflated_silhouette_is_as_deep_in_front_as_behind():
+    """Thickness is converted at the object's depth: each voxel's own depth made the front
+    R D / (f + R) thick and the back R D / (f - R) (a ball of radius 1 at 2.7: -0.76 / +1.22),
+    and the back reached the grid's face, where the normals then faced the camera."""
+    init = init_from_masks(*_sphere_seen_by_a_fixed_camera(100.0, 1.0), num_surfels=4000)
+    z = init.occupied[:, 2]
+    voxel = 2 * init.extent / 64
+    assert abs(z.max() + z.min()) < 2 * voxel, (z.min(), z.max())
+    assert 0.9 < z.max() < 1.1
+    back = init.points[:, 2] > init.points[:, 2].max() - 0.03
+    assert init.normals[back, 2].mean() > 0.8   # away from the camera (+z), -0.54 before
+
+
+def _orbit_of_a_long_box(count: int = 8, size: int = 96, focal: float = 100.0):
+    """A 0.3 x 0.3 x 1.2 box seen from ``count`` cameras round the y axis at distance 3; the
+    first looks along the box's long axis (end-on)."""
+    from scipy import ndimage
+
+    K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
+    half = np.array([0.15, 0.15, 0.6])
+    samples = np.random.default_rng(0).uniform(-1, 1, (200000, 3)) * half
+    views, masks = [], []
+    for angle in np.linspace(0, 2 * np.pi, count, endpoint=False):
+        eye = 3 * np.array([np.sin(angle), 0, -np.cos(angle)])
+        forward = -eye / np.linalg.norm(eye)
+        right = np.cross(forward, [0, -1.0, 0])
+        right /= np.linalg.norm(right)
+        rotation = np.stack([right, np.cross(forward, right), forward])
+        view = np.eye(4)
+        view[:3, :3], view[:3, 3] = rotation, -rotation @ eye
+        cam = samples @ rotation.T + view[:3, 3]
+        u = (focal * cam[:, 0] / cam[:, 2] + size / 2).astype(int).clip(0, size - 1)
+        v = (focal * cam[:, 1] / cam[:, 2] + size / 2).astype(int).clip(0, size - 1)
+        mask = np.zeros((size, size), bool)
+        mask[v, u] = True
+        masks.append(ndimage.binary_closing(mask, iterations=2).astype(np.float32))
+        views.append(view)
+    frames = np.full((count, size, size, 3), 0.5, np.float32)
+    return frames, np.stack(masks), np.stack(views), np.tile(K, (count, 1, 1))
+
+
+def test_a_visual_hull_keeps_the_depth_the_first_view_does_not_show():
+    """The carving cube was sized from the first silhouette: a box seen end-on (0.3 wide, 1.2
+    long) was cut to +-0.24 of its +-0.6 length."""
+    init = init_from_masks(*_orbit_of_a_long_box(), num_surfels=3000, grid=48)
+    z = init.occupied[:, 2]
+    assert z.min() < -0.55 and z.max() > 0.55, (z.min(), z.max())
+    far = init.points[:, 2] > init.points[:, 2].max() - 0.02
+    assert init.normals[far, 2].mean() > 0.8

@@ -129,8 +129,10 @@ def _inflated_silhouette(points: np.ndarray, view: np.ndarray, K: np.ndarray, ma
     """
     uv, z = project_points(points, view, K)
     fx = K[0, 0]
-    # Half-thickness from the silhouette's shape (pixels -> scene units).
-    thickness = sample_nearest(inflation_half_thickness(mask, profile), uv) * z / fx
+    # Half-thickness from the silhouette's shape (pixels -> scene units at the object's depth:
+    # each voxel's own z made the front thinner than the back, R D / (f + R) against
+    # R D / (f - R), so the volume leant away from the camera).
+    thickness = sample_nearest(inflation_half_thickness(mask, profile), uv) * depth / fx
     if min_voxel is not None:
         radius = int(np.ceil(0.5 * min_voxel * fx / depth))
         mask = ndimage.binary_dilation(mask, iterations=max(radius, 1))
@@ -160,7 +162,8 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
             carved through every frame's camera moved with the object (viewmat @ pose), as for
             moving cameras, instead of the reference silhouette inflated.
         hull_margin: with ``object_poses``, the carved box's size over the reference
-            silhouette's (an object can be deeper than it is wide in the reference frame).
+            silhouette's at least; a visual hull's box grows further where a coarse carve
+            finds the object reaching past it (:func:`_hull_half_size`).
     Raises:
         UserError: when the reference mask is empty (nothing to reconstruct).
     """
@@ -182,24 +185,26 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     cam2world = np.linalg.inv(view0)
     centre = cam2world[:3, :3] @ centre_cam + cam2world[:3, 3]
 
-    voxel = 2 * extent / grid
-    axis = (np.arange(grid) + 0.5) * voxel - extent
-    gx, gy, gz = np.meshgrid(axis, axis, axis, indexing="ij")
-    local = np.stack([gx, gy, gz], -1).reshape(-1, 3)
-    # The grid is axis-aligned with the reference camera so the inflation is per pixel column.
-    points = local @ cam2world[:3, :3].T + centre
-
+    rotation = cam2world[:3, :3]
+    carve_views = None
     if object_poses is not None:
-        occupied = _hull(points, viewmats.astype(np.float64) @ np.asarray(object_poses, np.float64),
-                         Ks, masks)
-    elif cameras_fixed(viewmats, Ks):
+        carve_views = viewmats.astype(np.float64) @ np.asarray(object_poses, np.float64)
+    elif not cameras_fixed(viewmats, Ks):
+        carve_views = viewmats
+    if carve_views is not None:
+        extent = _hull_half_size(extent, grid, rotation, centre, carve_views, Ks, masks)
+    voxel = 2 * extent / grid
+    # The grid is axis-aligned with the reference camera so the inflation is per pixel column.
+    points = _grid_points(extent, grid, rotation, centre)
+
+    if carve_views is not None:
+        occupied = _hull(points, carve_views, Ks, masks)
+    else:
         occupied = _inflated_silhouette(points, view0, K0, mask0, depth, profile)
         if occupied.sum() < 8:
             # A part thinner than a voxel (a pole, a string) falls between the voxel centres:
             # give it one voxel's width and depth.
             occupied = _inflated_silhouette(points, view0, K0, mask0, depth, profile, voxel)
-    else:
-        occupied = _hull(points, viewmats, Ks, masks)
     occ = occupied.reshape(grid, grid, grid)
     if occ.sum() < 8:
         raise UserError("the masks leave no common volume for the object (visual hull is empty): "
@@ -209,9 +214,12 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     eroded = ndimage.binary_erosion(occ, structure=ndimage.generate_binary_structure(3, 1),
                                     border_value=0)
     surface = np.argwhere(occ & ~eroded)
-    smooth = ndimage.gaussian_filter(occ.astype(np.float32), sigma=1.0)
-    grads = np.stack(np.gradient(smooth), -1)                  # (G, G, G, 3), grid axes
-    normals_local = -grads[surface[:, 0], surface[:, 1], surface[:, 2]]
+    # Padded with empty space: at the grid's faces the filter's default reflection left no
+    # gradient, and those surfels fell back to facing the camera, on the back face too.
+    pad = 4
+    smooth = ndimage.gaussian_filter(np.pad(occ, pad).astype(np.float32), sigma=1.0)
+    grads = np.stack(np.gradient(smooth), -1)                  # (G+2p, G+2p, G+2p, 3), grid axes
+    normals_local = -grads[surface[:, 0] + pad, surface[:, 1] + pad, surface[:, 2] + pad]
     norms = np.linalg.norm(normals_local, axis=1, keepdims=True)
     normals_local = np.where(norms > 1e-8, normals_local / np.maximum(norms, 1e-8),
                              np.array([0.0, 0.0, -1.0]))
@@ -232,6 +240,32 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     occ_pts = occ_pts @ cam2world[:3, :3].T + centre
     return InitResult(pts.astype(np.float32), nrm.astype(np.float32), colors.astype(np.float32),
                       scale, occ_pts.astype(np.float32), centre.astype(np.float32), extent)
+
+
+def _grid_points(extent: float, grid: int, rotation: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """(grid^3, 3) world voxel centres of a cube of half-size ``extent`` about ``centre``, its
+    axes the reference camera's (``rotation``: camera-to-world (3, 3)); index order i, j, k."""
+    voxel = 2 * extent / grid
+    axis = (np.arange(grid) + 0.5) * voxel - extent
+    gx, gy, gz = np.meshgrid(axis, axis, axis, indexing="ij")
+    return np.stack([gx, gy, gz], -1).reshape(-1, 3) @ rotation.T + centre
+
+
+def _hull_half_size(extent: float, grid: int, rotation: np.ndarray, centre: np.ndarray,
+                    viewmats: np.ndarray, Ks: np.ndarray, masks: np.ndarray,
+                    reach: float = 3.0) -> float:
+    """The half-size of the carving cube: ``extent`` (from the reference silhouette), or more
+    where a coarse carve in a cube ``reach`` times larger finds the hull reaching past it. An
+    object seen end-on in the reference frame is deeper than it is wide there, and a cube
+    sized from that silhouette cut its far end off (a flat face with wrong normals)."""
+    coarse = max(grid // 2, 16)
+    big = extent * reach
+    points = _grid_points(big, coarse, rotation, centre)
+    occupied = _hull(points, viewmats, Ks, masks)
+    if not occupied.any():
+        return extent
+    reached = float(np.abs((points[occupied] - centre) @ rotation).max()) + 2 * big / coarse
+    return max(extent, min(reached, big))
 
 
 def _hull(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, masks: np.ndarray) -> np.ndarray:

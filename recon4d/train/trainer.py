@@ -209,8 +209,7 @@ class Trainer:
                     estimate.offsets_about(root.pivot.cpu().numpy()), dtype=torch.float32))
             self._root_anchor = root.offsets.detach().clone()
         # The gauge is the init's object centre (the dataset's depth), not its surfels'
-        # centroid: perspective makes the inflated silhouette deeper at the back, which puts
-        # the centroid about 2.5 % of the distance behind the centre (rigid scene: 2.77 vs 2.70).
+        # centroid, which moves with the shape (a hull's carve, a silhouette's uneven parts).
         ref_view = ds.cameras.viewmats[train[0]]
         self._gauge_depth = torch.tensor(float(ref_view[2, :3] @ init.center + ref_view[2, 3]),
                                          device=self.device)
