@@ -170,7 +170,8 @@ def test_exact_geometry_scores_perfectly(scene_run, exact_result):
     assert geo["frames"] == [2, 6]
     # Exact up to the float32 storage of the ground truth.
     assert max(geo["chamfer_l1"]) < 1e-6 and geo["fscore"] == [1.0, 1.0]
-    assert geo["normal_consistency_mean"] == pytest.approx(1.0)
+    # A sample on an edge is as near the neighbouring triangle, whose normal may win the tie.
+    assert geo["normal_consistency_mean"] == pytest.approx(1.0, abs=1e-4)
     assert r["animated"]["chamfer_l1_mean"] < 1e-6
     # The double's vertices are the ground truth's: the same jitter.
     assert r["temporal"]["jitter"] == pytest.approx(r["temporal"]["jitter_gt"], rel=1e-6)

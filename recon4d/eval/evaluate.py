@@ -75,7 +75,9 @@ def default_render_fn(backend: str = "auto") -> RenderFn:
             cams = cameras.to(device=surfels.device, dtype=surfels.dtype)
             background = torch.ones(3, dtype=surfels.dtype, device=surfels.device)
             out = render(surfels, cams, backend=backend, background=background)
-        return out.rgb.cpu().double().numpy(), out.alpha.cpu().double().numpy()
+        # Clipped like an image file (and the fit's own held-out PSNR): over-bright splats
+        # (up to 1.09 seen) would be scored against a target that cannot exceed 1.
+        return out.rgb.clamp(0, 1).cpu().double().numpy(), out.alpha.cpu().double().numpy()
 
     return render_fn
 
@@ -423,11 +425,11 @@ def _animated(gt, scene, times, fit_viewmats, frames, opts, animated_fn, warn) -
         diag = geometry.bbox_diagonal(verts)
     out: dict[str, Any] = {}
     if len(aligned) >= 3 and diag > 0:
-        jit = geometry.temporal_jitter(aligned, diag)
+        jit = geometry.temporal_jitter(aligned, diag, faces)
         temporal.update(jitter=jit["mean"], jitter_per_frame=jit["per_frame"],
                         velocity_mean=jit["velocity_mean"])
         if gt is not None:
-            ref = geometry.temporal_jitter(gt.vertices, diag)
+            ref = geometry.temporal_jitter(gt.vertices, diag, gt.faces)
             temporal.update(jitter_gt=ref["mean"], jitter_gt_per_frame=ref["per_frame"])
     out["temporal"] = temporal
     if gt is not None and frames:
