@@ -140,19 +140,16 @@ def _orbit_of_a_long_box(count: int = 8, size: int = 96, focal: float = 100.0):
     first looks along the box's long axis (end-on)."""
     from scipy import ndimage
 
+    from recon4d.data.cameras import look_at_viewmat
+
     K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
     half = np.array([0.15, 0.15, 0.6])
     samples = np.random.default_rng(0).uniform(-1, 1, (200000, 3)) * half
     views, masks = [], []
     for angle in np.linspace(0, 2 * np.pi, count, endpoint=False):
         eye = 3 * np.array([np.sin(angle), 0, -np.cos(angle)])
-        forward = -eye / np.linalg.norm(eye)
-        right = np.cross(forward, [0, -1.0, 0])
-        right /= np.linalg.norm(right)
-        rotation = np.stack([right, np.cross(forward, right), forward])
-        view = np.eye(4)
-        view[:3, :3], view[:3, 3] = rotation, -rotation @ eye
-        cam = samples @ rotation.T + view[:3, 3]
+        view = look_at_viewmat(eye, np.zeros(3), np.array([0.0, 1.0, 0.0]))
+        cam = samples @ view[:3, :3].T + view[:3, 3]
         u = (focal * cam[:, 0] / cam[:, 2] + size / 2).astype(int).clip(0, size - 1)
         v = (focal * cam[:, 1] / cam[:, 2] + size / 2).astype(int).clip(0, size - 1)
         mask = np.zeros((size, size), bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,6 @@ MAX_STEPS = 10_000_000
 
 def max_threads() -> int:
     """The most CPU threads --threads takes: 4 per core (torch failed to start 100000)."""
-    import os
-
     return 4 * (os.cpu_count() or 1)
 
 

@@ -30,9 +30,13 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int,
     return points, normals
 
 
-def _face_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    return cross / np.maximum(np.linalg.norm(cross, axis=-1, keepdims=True), 1e-30)
+def _triangle_cross(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """(M, 3) (b - a) x (c - a) of each triangle: its normal times twice its area."""
+    return np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-30)
 
 
 def closest_points_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray
@@ -85,13 +89,25 @@ class MeshSurface:
 
         self.vertices = np.asarray(vertices, np.float64)
         self.faces = np.asarray(faces, np.int64)
-        self.normals = _face_normals(self.vertices, self.faces)
+        self.normals = _unit(_triangle_cross(self.vertices, self.faces))
         points, _, tri = _sample_with_faces(self.vertices, self.faces, samples, seed)
         centroids = self.vertices[self.faces].mean(1)
         self._points = np.concatenate([centroids, points])
         self._tri = np.concatenate([np.arange(len(self.faces)), tri])
         self._tree = cKDTree(self._points)
         self._k = min(candidates, len(self._points))
+
+    def scaled_about(self, centre: np.ndarray, scale: float) -> "MeshSurface":
+        """The same surface scaled by ``scale`` > 0 about ``centre`` (3,): its candidate points
+        scale with it (a uniform scaling keeps them area-uniform), only the tree is rebuilt."""
+        from scipy.spatial import cKDTree
+
+        out = object.__new__(MeshSurface)
+        out.vertices = centre + (self.vertices - centre) * scale
+        out.faces, out.normals, out._tri, out._k = self.faces, self.normals, self._tri, self._k
+        out._points = centre + (self._points - centre) * scale
+        out._tree = cKDTree(out._points)
+        return out
 
     def distance(self, query: np.ndarray, chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
         """(Q,) distances of ``query`` (Q, 3) to the surface and (Q, 3) the unit normals of the
@@ -120,7 +136,7 @@ def _sample_with_faces(v: np.ndarray, f: np.ndarray, count: int, seed: int
     if len(f) == 0 or count <= 0:
         return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, np.int64)
     a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    cross = np.cross(b - a, c - a)
+    cross = _triangle_cross(v, f)
     area = 0.5 * np.linalg.norm(cross, axis=1)
     total = area.sum()
     if not np.isfinite(total) or total <= 0:
@@ -132,8 +148,7 @@ def _sample_with_faces(v: np.ndarray, f: np.ndarray, count: int, seed: int
     flip = r1 + r2 > 1
     r1[flip], r2[flip] = 1 - r1[flip], 1 - r2[flip]
     points = a[tri] + r1[:, None] * (b[tri] - a[tri]) + r2[:, None] * (c[tri] - a[tri])
-    normals = cross[tri] / np.maximum(np.linalg.norm(cross[tri], axis=1, keepdims=True), 1e-30)
-    return points, normals, tri
+    return points, _unit(cross[tri]), tri
 
 
 def bbox_diagonal(points: np.ndarray) -> float:
@@ -221,15 +236,14 @@ def compare_meshes(pred_vertices: np.ndarray, pred_faces: np.ndarray, gt_vertice
             out["chamfer_l1_depth_scaled"], out["depth_scale"] = float("inf"), 1.0
         return out
     gt_surface = MeshSurface(gv, gf, samples, seed + 3)
-    out = _compare_to_surfaces(pp, pn, gt_surface, gp, gn, MeshSurface(pv, pf, samples, seed + 2),
-                               diag, threshold)
+    pred_surface = MeshSurface(pv, pf, samples, seed + 2)
+    out = _compare_to_surfaces(pp, pn, gt_surface, gp, gn, pred_surface, diag, threshold)
     out["diag"] = diag
     if camera_centre is not None:
         centre = np.asarray(camera_centre, np.float64)
         _, scale = depth_scaled_chamfer(pp, gp, centre, diag, seed=seed)
         scaled = _compare_to_surfaces(centre + (pp - centre) * scale, pn, gt_surface, gp, gn,
-                                      MeshSurface(centre + (pv - centre) * scale, pf, samples,
-                                                  seed + 2), diag, threshold)
+                                      pred_surface.scaled_about(centre, scale), diag, threshold)
         if scaled["chamfer_l1"] < out["chamfer_l1"]:
             out["chamfer_l1_depth_scaled"], out["depth_scale"] = scaled["chamfer_l1"], scale
         else:
@@ -295,7 +309,7 @@ def vertex_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(V,) a third of the area of each vertex's triangles, summing to 1 (weights that make a
     mean over vertices a mean over the surface)."""
     v, f = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
-    area = 0.5 * np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1)
+    area = 0.5 * np.linalg.norm(_triangle_cross(v, f), axis=1)
     weights = np.zeros(len(v))
     for corner in range(3):
         np.add.at(weights, f[:, corner], area / 3)

@@ -93,15 +93,14 @@ def _check_resumed_input(source: Path, run_dataset: Path) -> None:
                         "that input, or fit this one into another --out")
 
 
-FIXED_AT_START = {"model.blend", "seed", "all_frames", "coarse_surfels", "full.steps",
-                  "model.num_surfels", "strategy.max_surfels", "model.time_freqs",
-                  "resolution_scaling", "frames_scaling", "scaling_budget"}
-"""Settings a run takes once, when it starts: the model's shape and random state, the training
-frames, and the budgets the dataset scales (``resolve_for_dataset``); config.json holds the
-scaled values, so a number given again on --resume cannot be applied to them as it stands."""
-
 SCALED_AT_START = {"full.steps", "model.num_surfels", "strategy.max_surfels", "model.time_freqs",
                    "resolution_scaling", "frames_scaling", "scaling_budget"}
+"""The budgets the dataset scales when a run starts (``resolve_for_dataset``); config.json holds
+the scaled values, so a number given again on --resume cannot be applied to them as it stands."""
+
+FIXED_AT_START = SCALED_AT_START | {"model.blend", "seed", "all_frames", "coarse_surfels"}
+"""Settings a run takes once, when it starts: the scaled budgets, the model's shape and random
+state, the training frames."""
 
 
 def _settings_a_resume_takes(config, overrides: dict[str, Any] | None,
