@@ -168,3 +168,66 @@ def test_a_visual_hull_keeps_the_depth_the_first_view_does_not_show():
     assert z.min() < -0.55 and z.max() > 0.55, (z.min(), z.max())
     far = init.points[:, 2] > init.points[:, 2].max() - 0.02
     assert init.normals[far, 2].mean() > 0.8
+
+
+def _disc_with_a_string(size: int = 128, string: bool = True) -> tuple:
+    """(frames, masks, viewmats, Ks) of one fixed camera seeing a disc of radius 25 px with a
+    1-px-wide horizontal string from its right edge to x = 118 (the world origin at depth 2.7)."""
+    focal = size / 2 / np.tan(np.deg2rad(20))
+    ys, xs = np.mgrid[0:size, 0:size]
+    mask = (xs - 40) ** 2 + (ys - 64) ** 2 < 25 ** 2
+    if string:
+        mask |= (ys == 64) & (xs >= 60) & (xs < 118)
+    K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]])
+    view = np.eye(4)
+    view[2, 3] = 2.7
+    return (np.full((1, size, size, 3), 0.5, np.float32), mask[None].astype(np.float32),
+            view[None], K[None])
+
+
+def test_a_thin_part_beside_a_body_keeps_its_volume():
+    """A string thinner than a voxel falls between the voxel centres; the one-voxel retry ran
+    only when the whole volume came out empty, so a string attached to a body was dropped."""
+    frames, masks, views, Ks = _disc_with_a_string()
+    init = init_from_masks(frames, masks, views, Ks, 3000, grid=32)
+    cam = init.occupied @ views[0, :3, :3].T + views[0, :3, 3]
+    u = Ks[0, 0, 0] * cam[:, 0] / cam[:, 2] + Ks[0, 0, 2]
+    v = Ks[0, 1, 1] * cam[:, 1] / cam[:, 2] + Ks[0, 1, 2]
+    voxel_px = 2 * init.extent / 32 * Ks[0, 0, 0] / 2.7
+    on_string = (u > 75) & (np.abs(v - 64.5) < voxel_px)
+    # The string's voxel columns from x = 75 to 118 are all kept (about 10 at 4.4 px each).
+    columns = np.unique(np.floor((u[on_string] - 75) / voxel_px))
+    assert len(columns) >= int((118 - 75) / voxel_px) - 1, (columns, voxel_px)
+
+
+def test_the_thin_part_pass_does_not_widen_a_body():
+    """Without a thin part, the volume is the plain inflated silhouette: the one-voxel pass's
+    widened outline is not added next to the body's columns."""
+    from recon4d.model import init as init_module
+
+    frames, masks, views, Ks = _disc_with_a_string(string=False)
+    mask = masks[0] > 0.5
+    grid, extent = 32, 0.8
+    points = init_module._grid_points(extent, grid, np.eye(3), np.zeros(3))
+    voxel = 2 * extent / grid
+    plain = init_module._inflated_silhouette(points, views[0], Ks[0], mask, 2.7,
+                                             inflation_half_thickness(mask))
+    volume = init_module._inflated_volume(points, grid, voxel, views[0], Ks[0], mask, 2.7, "round")
+    assert plain.sum() > 100
+    np.testing.assert_array_equal(volume, plain)
+
+
+def test_bone_centres_lie_inside_a_curved_object():
+    """Three bones on a ring: the mean of a 120-degree arc lies at 0.83 of the radius, in the
+    hole; each centre is snapped to its cluster's member nearest that mean."""
+    from recon4d.model.init import kmeans_bones
+
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, 6000)
+    radius = rng.uniform(0.95, 1.05, 6000)
+    ring = np.stack([radius * np.cos(angle), radius * np.sin(angle),
+                     rng.uniform(-0.05, 0.05, 6000)], 1)
+    centres, bone_radius = kmeans_bones(ring, 3)
+    distance_from_axis = np.linalg.norm(centres[:, :2], axis=1)
+    assert ((distance_from_axis > 0.94) & (distance_from_axis < 1.06)).all(), distance_from_axis
+    assert bone_radius > 0.5

@@ -120,25 +120,45 @@ def inflation_half_thickness(mask: np.ndarray, profile: str = "round") -> np.nda
 
 
 def _inflated_silhouette(points: np.ndarray, view: np.ndarray, K: np.ndarray, mask: np.ndarray,
-                         depth: float, profile: str, min_voxel: float | None = None) -> np.ndarray:
+                         depth: float, half_thickness: np.ndarray,
+                         min_voxel: float | None = None) -> np.ndarray:
     """(N,) bool: which world points (N, 3) lie inside the silhouette ``mask`` (H, W) of the
-    fixed camera (view (4, 4) world-to-camera, K (3, 3)) inflated about camera depth ``depth``.
+    fixed camera (view (4, 4) world-to-camera, K (3, 3)) inflated about camera depth ``depth``
+    by ``half_thickness`` (H, W) pixels (:func:`inflation_half_thickness`).
 
     ``min_voxel`` (scene units), when given, widens the silhouette by half a voxel and keeps
     at least half a voxel of thickness, so every voxel column under a thin part is filled.
     """
     uv, z = project_points(points, view, K)
-    fx = K[0, 0]
-    # Half-thickness from the silhouette's shape (pixels -> scene units at the object's depth:
-    # each voxel's own z made the front thinner than the back, R D / (f + R) against
-    # R D / (f - R), so the volume leant away from the camera).
-    thickness = sample_nearest(inflation_half_thickness(mask, profile), uv) * depth / fx
+    # Pixels -> scene units at the object's depth (each voxel's own z made the front thinner
+    # than the back, R D / (f + R) against R D / (f - R), so the volume leant away from the
+    # camera). The geometric mean focal length: the distance map counts square pixels.
+    focal = float(np.sqrt(K[0, 0] * K[1, 1]))
+    thickness = sample_nearest(half_thickness, uv) * depth / focal
     if min_voxel is not None:
-        radius = int(np.ceil(0.5 * min_voxel * fx / depth))
+        radius = int(np.ceil(0.5 * min_voxel * focal / depth))
         mask = ndimage.binary_dilation(mask, iterations=max(radius, 1))
         thickness = np.maximum(thickness, 0.51 * min_voxel)
     inside = sample_nearest(mask.astype(np.float32), uv) > 0.5
     return inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
+
+
+def _inflated_volume(points: np.ndarray, grid: int, voxel: float, view: np.ndarray,
+                     K: np.ndarray, mask: np.ndarray, depth: float, profile: str) -> np.ndarray:
+    """(grid^3,) bool occupancy of the inflated silhouette on the reference camera's grid
+    (``points`` from :func:`_grid_points`, index order i = x, j = y, k = depth).
+
+    A part thinner than a voxel (a pole, a string, a tail) falls between the voxel centres.
+    A second pass gives such parts one voxel of width and depth, and its voxels are kept in the
+    pixel columns (i, j) where the first pass kept none and none of the 8 neighbouring columns
+    either: a thin part beside the body is kept, while the body's outline is not widened."""
+    half_thickness = inflation_half_thickness(mask, profile)
+    regular = _inflated_silhouette(points, view, K, mask, depth, half_thickness)
+    thin = _inflated_silhouette(points, view, K, mask, depth, half_thickness, voxel)
+    columns = regular.reshape(grid, grid, grid).any(axis=2)
+    near_body = ndimage.binary_dilation(columns, structure=np.ones((3, 3), bool))
+    added = thin.reshape(grid, grid, grid) & ~near_body[:, :, None]
+    return regular | added.reshape(-1)
 
 
 def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray,
@@ -200,11 +220,7 @@ def init_from_masks(frames: np.ndarray, masks: np.ndarray, viewmats: np.ndarray,
     if carve_views is not None:
         occupied = _hull(points, carve_views, Ks, masks)
     else:
-        occupied = _inflated_silhouette(points, view0, K0, mask0, depth, profile)
-        if occupied.sum() < 8:
-            # A part thinner than a voxel (a pole, a string) falls between the voxel centres:
-            # give it one voxel's width and depth.
-            occupied = _inflated_silhouette(points, view0, K0, mask0, depth, profile, voxel)
+        occupied = _inflated_volume(points, grid, voxel, view0, K0, mask0, depth, profile)
     occ = occupied.reshape(grid, grid, grid)
     if occ.sum() < 8:
         raise UserError("the masks leave no common volume for the object (visual hull is empty): "
@@ -281,7 +297,11 @@ def _hull(points: np.ndarray, viewmats: np.ndarray, Ks: np.ndarray, masks: np.nd
 def kmeans_bones(points: np.ndarray, num_bones: int, iters: int = 15, seed: int = 0
                  ) -> tuple[np.ndarray, float]:
     """(B, 3) bone centres by k-means over ``points`` (V, 3) and a bone radius (scene units):
-    0.6 x the mean distance between a centre and its nearest other centre."""
+    0.6 x the mean distance between a centre and its nearest other centre.
+
+    Each centre ends on its cluster's member nearest the cluster mean: the mean of a curved
+    cluster (an arc of a ring, a bent tail) can lie outside the object, where a bone would pull
+    on the surfels of both sides of the gap."""
     rng = np.random.default_rng(seed)
     if len(points) > 20000:  # k-means needs the shape, not every voxel
         points = points[rng.choice(len(points), 20000, replace=False)]
@@ -299,6 +319,11 @@ def kmeans_bones(points: np.ndarray, num_bones: int, iters: int = 15, seed: int 
             members = points[assign == k]
             if len(members):
                 centres[k] = members.mean(0)
+    assign = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    for k in range(b):
+        members = points[assign == k]
+        if len(members):
+            centres[k] = members[np.argmin(((members - centres[k]) ** 2).sum(-1))]
     if b > 1:
         d = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
         np.fill_diagonal(d, np.inf)
