@@ -160,6 +160,42 @@ def test_cli_export_on_a_run_dir(tmp_path):
     assert doc.asset.extras["recon4d"]["step"] == 5
 
 
+def test_animations_play_at_the_clips_own_rate(clips_dir, tmp_path):
+    """green_robot.mp4 is 10 fps, 21 frames (2 s). Four frames kept of it (source frames 0, 7,
+    13, 20: one every 20/3) play at 1.5 fps, so the skinned GLB's animation lasts the clip's 2 s;
+    the exporter looked for a manifest key no dataset has and played every clip at 24 fps."""
+    import shutil
+
+    from recon4d.data.dataset import load_dataset
+    from recon4d.data.ingest import IngestOptions, ingest
+
+    run_dir = tmp_path / "run"
+    _tiny_run(run_dir)
+    shutil.rmtree(run_dir / "dataset", ignore_errors=True)
+    ingest(clips_dir / "green_robot.mp4", run_dir / "dataset",
+           IngestOptions(resolution=48, max_frames=4, flow=False))
+    assert load_dataset(run_dir / "dataset").fps == pytest.approx(1.5)
+    assert main(["export", str(run_dir), "--format", "glb-skin", "--faces", "300",
+                 "--resolution", "32", "--views", "4", "--image-size", "32", "--quiet"]) == 0
+    doc = gltf_eval.load(run_dir / "export" / "model_skin.glb")
+    times = gltf_eval.read_accessor(doc, doc.animations[0].samplers[0].input)
+    assert float(times.max()) == pytest.approx(2.0, abs=1e-4)
+    provenance = json.loads((run_dir / "export" / "provenance.json").read_text())
+    assert provenance["settings"]["fps"] == pytest.approx(1.5)
+
+
+def test_a_strided_clip_plays_at_its_source_rate_over_the_stride(clips_dir, tmp_path):
+    from recon4d.data.dataset import load_dataset
+    from recon4d.data.ingest import IngestOptions, ingest
+
+    every = load_dataset(ingest(clips_dir / "green_robot.mp4", tmp_path / "a",
+                                IngestOptions(resolution=32, max_frames=3, stride=1, flow=False)))
+    strided = load_dataset(ingest(clips_dir / "green_robot.mp4", tmp_path / "b",
+                                  IngestOptions(resolution=32, stride=4, flow=False)))
+    assert every.fps == pytest.approx(10 * 2 / 20)       # source frames 0, 10, 20
+    assert strided.fps == pytest.approx(10 / 4)          # source frames 0, 4, ..., 20
+
+
 def test_cli_export_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -235,6 +235,66 @@ def test_texture_bake_keeps_motion_and_colours(exported):
     assert np.median(np.abs(sampled - expected).max(1)) < 0.1
 
 
+def _attributes(path: Path):
+    doc = gltf_eval.load(path)
+    return doc, doc.meshes[0].primitives[0]
+
+
+def test_vertex_colours_are_linear_and_a_texture_is_not_multiplied_by_them(exported):
+    """glTF's COLOR_0 is linear light and multiplies the base colour: the sRGB bytes of the
+    fit were written as they were (a mid grey showed washed out), and a textured primitive kept
+    them, so viewers showed texture x vertex colour."""
+    animated = exported["animated"]
+    for key in ("skin", "morph"):
+        doc, primitive = _attributes(exported[key])
+        colour = gltf_eval.read_accessor(doc, primitive.attributes.COLOR_0)
+        srgb = animated.colors[:, :3] / 255.0
+        linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+        np.testing.assert_allclose(colour[:, :3], linear, atol=1e-4)
+        assert np.abs(colour[:, :3] - srgb).max() > 0.1  # the stored values did change
+    for key in ("skin_tex", "morph_tex"):
+        if exported[key] is None:
+            continue
+        doc, primitive = _attributes(exported[key])
+        assert primitive.attributes.COLOR_0 is None, key
+        assert doc.materials[primitive.material].pbrMetallicRoughness.baseColorTexture is not None
+
+
+def test_normals_are_smooth_across_uv_seams_and_follow_the_morph(exported):
+    """Seam copies summed only their own side's faces (normals 10-15 degrees apart across every
+    seam of the textured mesh), and the morph GLB had no NORMAL (viewers then shade flat)."""
+    if exported["textured"] is not None:
+        textured, animated = exported["textured"], exported["animated"]
+        normals = textured.normals()
+        _, group = np.unique(textured.vertices, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        assert np.bincount(group).max() > 1  # there are seams
+        for g in np.flatnonzero(np.bincount(group) > 1)[:50]:
+            copies = normals[group == g]
+            assert np.abs(copies - copies[0]).max() < 1e-9
+        # And they equal the unsplit mesh's normals at the same positions.
+        unsplit = dict(zip(map(tuple, animated.vertices), animated.normals()))
+        expected = np.stack([unsplit[tuple(v)] for v in textured.vertices])
+        assert np.degrees(np.arccos(np.clip((normals * expected).sum(1), -1, 1))).max() < 0.5
+    doc, primitive = _attributes(exported["morph"])
+    base = gltf_eval.read_accessor(doc, primitive.attributes.NORMAL)
+    animated = exported["animated"]
+    np.testing.assert_allclose(base, animated.normals(), atol=1e-6)
+    last = len(animated.times) - 1
+    delta = gltf_eval.read_accessor(doc, primitive.targets[last]["NORMAL"])
+    np.testing.assert_allclose(base + delta, animated.normals(last), atol=1e-5)
+    assert np.abs(delta).max() > 0.1  # the capsule bends: its normals turn
+
+
+def test_keyframe_times_stay_strictly_increasing_in_float32():
+    from recon4d.export.glb import keyframe_seconds
+
+    times = np.linspace(0.0, 1.0, 601)
+    times[400:] = times[400]  # a run of repeated times late in a 25-second clip
+    seconds = keyframe_seconds(times, fps=24.0)
+    assert seconds.dtype == np.float32 and (np.diff(seconds) > 0).all()
+
+
 def test_every_glb_loads_in_trimesh_and_pygltflib(exported):
     for key in ("skin", "morph", "skin_yup", "skin_tex", "morph_tex"):
         if exported[key] is None:

@@ -116,3 +116,33 @@ def test_extract_frame_mesh_follows_the_moving_surfels(tmp_path):
         path = write_mesh(mesh, tmp_path / f"frame{suffix}")
         back = trimesh.load(path, force="mesh")
         assert len(back.faces) == len(mesh.faces)
+
+
+def test_a_white_object_meshes_white_to_its_silhouettes_and_creases():
+    """Surfels all of one colour give a mesh of that colour everywhere. The fusion took the
+    render composited over black, so silhouette pixels (alpha 0.5-1) fused darker, and vertices
+    with no fused colour within a voxel came out flat grey (128)."""
+    from recon4d.export.mesh_seq import FusionSettings, surfels_to_mesh
+    from recon4d.render.types import Surfels
+
+    surfels = CapsuleScene(num_frames=2, num_surfels=3000).canonical_surfels()
+    white = Surfels.from_rgb(surfels.means, surfels.quats, surfels.scales, surfels.opacities,
+                             torch.ones(len(surfels), 3))
+    mesh = surfels_to_mesh(white, FusionSettings(resolution=64, views=12, image_size=128,
+                                                 backend="auto"))
+    colours = mesh.visual.vertex_colors[:, :3].astype(np.float64)
+    assert len(colours) > 500
+    assert colours.min() >= 250, np.percentile(colours.mean(1), [0, 1, 5])
+
+
+def test_vertices_beyond_the_fused_colour_band_take_the_nearest_colour():
+    volume = TSDFVolume.empty(np.zeros(3), np.ones(3), 10)
+    volume.color[2, 2, 2] = torch.tensor([1.0, 0.0, 0.0])
+    volume.color_weight[2, 2, 2] = 1.0
+    volume.color[8, 8, 8] = torch.tensor([0.0, 0.0, 1.0])
+    volume.color_weight[8, 8, 8] = 1.0
+    near_red = np.array([[0.05, 0.05, 0.05]]) + volume.origin
+    near_blue = volume.origin + 9.5 * volume.voxel_size
+    rgb = volume.sample_colors(np.vstack([near_red, near_blue]))
+    np.testing.assert_allclose(rgb, [[1, 0, 0], [0, 0, 1]], atol=1e-6)
+    assert (TSDFVolume.empty(np.zeros(3), np.ones(3), 4).sample_colors(near_red) == 0.5).all()

@@ -121,6 +121,22 @@ class Dataset:
         return int(self.frames.shape[2])
 
     @property
+    def fps(self) -> float | None:
+        """Frames per second of this dataset's frames: the source video's rate over the spacing
+        of the kept source frames (``--stride``, ``--max-frames``), or a manifest's own
+        ``fps``; None where the input has no rate (image folders, transforms.json)."""
+        if self.manifest.get("fps"):
+            return float(self.manifest["fps"])
+        rate = (self.manifest.get("source") or {}).get("fps")
+        if not rate:
+            return None
+        sources = [f.get("source_index") for f in self.manifest.get("frames", [])]
+        if len(sources) < 2 or any(not isinstance(i, int) for i in sources):
+            return float(rate)
+        spacing = (sources[-1] - sources[0]) / (len(sources) - 1)
+        return float(rate) / spacing if spacing > 0 else float(rate)
+
+    @property
     def background(self) -> np.ndarray:
         """(3,) the background colour the frames were keyed against / composited over."""
         return np.asarray(self.manifest.get("background", [1.0, 1.0, 1.0]), dtype=np.float32)

@@ -57,13 +57,19 @@ class AnimatedMesh:
         return int(self.bone_centers.shape[0])
 
     def normals(self, frame: int | None = None) -> np.ndarray:
-        """(V, 3) unit area-weighted vertex normals (canonical, or of ``frame``)."""
+        """(V, 3) unit area-weighted vertex normals (canonical, or of ``frame``).
+
+        Vertices at one position (a UV seam's copies) share one normal over all their faces:
+        each copy summing only its own side's faces left a shading crease along every seam."""
         verts = self.vertices if frame is None else self.frames[frame]
         tri = verts[self.faces]
         face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        normals = np.zeros_like(verts)
+        _, group = np.unique(self.vertices, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        normals = np.zeros((int(group.max()) + 1 if len(group) else 0, 3))
         for corner in range(3):
-            np.add.at(normals, self.faces[:, corner], face_n)
+            np.add.at(normals, group[self.faces[:, corner]], face_n)
+        normals = normals[group]
         norm = np.linalg.norm(normals, axis=1, keepdims=True)
         fallback = np.array([0.0, 0.0, 1.0])
         return np.where(norm > 1e-12, normals / np.maximum(norm, 1e-12), fallback)

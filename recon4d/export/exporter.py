@@ -144,7 +144,7 @@ def export_scene(scene, out_dir: str | Path, formats=DEFAULT_FORMATS,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     renders_dir = Path(renders_dir) if renders_dir is not None else out_dir.parent / "renders"
-    fps = float(options.fps or (dataset.manifest.get("fps") if dataset is not None else None) or 24.0)
+    fps = float(options.fps or (dataset.fps if dataset is not None else None) or 24.0)
     settings = dict(asdict(options), fps=fps, formats=formats)
     written: dict[str, object] = {}
     stats: dict = {}

@@ -16,6 +16,8 @@ import pygltflib as gl
 
 from recon4d.utils.atomic import atomic_write_bytes
 
+from .colour import srgb_to_linear
+
 COMPONENT = {np.dtype(np.float32): gl.FLOAT, np.dtype(np.uint8): gl.UNSIGNED_BYTE,
              np.dtype(np.uint16): gl.UNSIGNED_SHORT, np.dtype(np.uint32): gl.UNSIGNED_INT}
 TYPE = {1: gl.SCALAR, 2: gl.VEC2, 3: gl.VEC3, 4: gl.VEC4, 16: gl.MAT4}
@@ -95,7 +97,12 @@ class GlbBuilder:
         if normals is not None:
             attrs.NORMAL = self.add_accessor(normals.astype(np.float32), gl.ARRAY_BUFFER)
         if colors is not None:
-            attrs.COLOR_0 = self.add_accessor(np.asarray(colors, dtype=np.uint8),
+            # glTF's COLOR_0 is linear (it multiplies the base colour before lighting); the
+            # fitted colours are the video's sRGB values. 16-bit keeps the dark steps; RGBA
+            # because a vertex attribute's elements must be 4-byte aligned.
+            linear = srgb_to_linear(np.asarray(colors)[:, :3].astype(np.float64) / 255.0)
+            rgba = np.concatenate([linear, np.ones((len(linear), 1))], 1)
+            attrs.COLOR_0 = self.add_accessor(np.round(rgba * 65535).astype(np.uint16),
                                               gl.ARRAY_BUFFER, normalized=True)
         if uv is not None:
             attrs.TEXCOORD_0 = self.add_accessor(uv.astype(np.float32), gl.ARRAY_BUFFER)
@@ -144,9 +151,10 @@ def keyframe_seconds(times: np.ndarray, fps: float) -> np.ndarray:
     times = np.asarray(times, dtype=np.float64)
     count = len(times)
     duration = max(count - 1, 1) / float(fps)
-    seconds = times * duration
-    # glTF demands strictly increasing inputs: nudge exact repeats forward by a microsecond.
+    seconds = (times * duration).astype(np.float32)
+    # glTF demands strictly increasing inputs: nudge repeats (exact, or equal once stored as
+    # float32) to the next float32 up.
     for i in range(1, count):
         if seconds[i] <= seconds[i - 1]:
-            seconds[i] = seconds[i - 1] + 1e-6
-    return seconds.astype(np.float32)
+            seconds[i] = np.nextafter(seconds[i - 1], np.float32(np.inf))
+    return seconds

@@ -73,7 +73,8 @@ def build_skin_glb(mesh: AnimatedMesh, fps: float = 24.0, name: str = "recon4d")
     texture = png_bytes(mesh.texture) if mesh.texture is not None else None
     material = builder.add_material(texture)
     attrs, indices = builder.add_primitive_attributes(
-        mesh.vertices, mesh.faces, colors=mesh.colors, normals=mesh.normals(),
+        mesh.vertices, mesh.faces, colors=mesh.colors if mesh.texture is None else None,
+        normals=mesh.normals(),
         uv=mesh.uv if mesh.texture is not None else None)
     joint_type = np.uint8 if bones + 1 <= 255 else np.uint16
     weights = _normalized_weights(mesh.weights)

@@ -75,7 +75,10 @@ def fuse_surfels(surfels: Surfels, settings: FusionSettings | None = None,
         for start in range(0, len(cameras), settings.batch):
             sub = cameras[start:start + settings.batch]
             out = render(surfels, sub, backend=settings.backend)
-            volume.integrate(out.median_depth, out.alpha, out.rgb.clamp(0, 1), sub)
+            # The render is composited over black (sum w_i c_i): divided by alpha it is the
+            # surface's own colour, which silhouette pixels (alpha 0.5-1) fused too dark.
+            colour = (out.rgb / out.alpha.clamp_min(1e-6).unsqueeze(-1)).clamp(0, 1)
+            volume.integrate(out.median_depth, out.alpha, colour, sub)
     return volume
 
 

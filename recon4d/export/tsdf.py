@@ -163,21 +163,32 @@ class TSDFVolume:
         return mesh
 
     def sample_colors(self, points: np.ndarray) -> np.ndarray:
-        """(M, 3) world points -> (M, 3) fused colours in [0, 1] (trilinear, weight-normalised;
-        grey where no colour was fused nearby)."""
-        from scipy.ndimage import map_coordinates
+        """(M, 3) world points -> (M, 3) fused colours in [0, 1] (trilinear, weight-normalised).
+
+        Colour is fused only in a thin band about the surface each view saw; a point whose
+        neighbourhood holds none (a crease, a part no view saw head-on) takes the colour of the
+        nearest voxel that has one (grey only when nothing was fused at all)."""
+        from scipy.ndimage import distance_transform_edt, map_coordinates
 
         coords = ((np.asarray(points, dtype=np.float64) - self.origin) / self.voxel_size).T
         cw = self.color_weight.numpy()
-        # Colour only exists in a thin band; widen the search where the band is missed.
+        colour = self.color.numpy()
         out = np.zeros((coords.shape[1], 3))
         wsum = map_coordinates(cw, coords, order=1, mode="nearest")
-        weighted = self.color.numpy() * cw[..., None]
+        weighted = colour * cw[..., None]
         for ch in range(3):
             out[:, ch] = map_coordinates(weighted[..., ch], coords, order=1, mode="nearest")
         good = wsum > 1e-6
         out[good] /= wsum[good, None]
-        out[~good] = 0.5
+        if not good.all():
+            if not (cw > 0).any():
+                out[~good] = 0.5
+            else:
+                nearest = np.clip(np.round(coords[:, ~good]).astype(np.int64), 0,
+                                  np.array(cw.shape)[:, None] - 1)
+                _, source = distance_transform_edt(cw <= 0, return_indices=True)
+                i, j, k = (source[axis][tuple(nearest)] for axis in range(3))
+                out[~good] = colour[i, j, k]
         return np.clip(out, 0.0, 1.0)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from recon4d.utils.atomic import atomic_path
 
 from .animated_mesh import AnimatedMesh
+from .colour import srgb_to_linear
 
 
 def usd_available() -> bool:
@@ -64,7 +65,9 @@ def write_usd(mesh: AnimatedMesh, path: str | Path, fps: float = 24.0,
             extent.Set(Vt.Vec3fArray([Gf.Vec3f(*frame.min(0).tolist()),
                                       Gf.Vec3f(*frame.max(0).tolist())]), Usd.TimeCode(f))
         colors = geom.CreateDisplayColorPrimvar(UsdGeom.Tokens.vertex)
-        colors.Set(Vt.Vec3fArray.FromNumpy((mesh.colors[:, :3] / 255.0).astype(np.float32)))
+        # displayColor is linear, as glTF's COLOR_0; the fitted colours are sRGB.
+        linear = srgb_to_linear(mesh.colors[:, :3] / 255.0)
+        colors.Set(Vt.Vec3fArray.FromNumpy(linear.astype(np.float32)))
         if provenance:
             stage.GetRootLayer().customLayerData = {"recon4d": json.dumps(provenance)}
         stage.GetRootLayer().Save()
