@@ -182,6 +182,15 @@ def test_animations_play_at_the_clips_own_rate(clips_dir, tmp_path):
     assert float(times.max()) == pytest.approx(2.0, abs=1e-4)
     provenance = json.loads((run_dir / "export" / "provenance.json").read_text())
     assert provenance["settings"]["fps"] == pytest.approx(1.5)
+    # recon4d render: the input views replay at 1.5 fps, a 7-frame orbit spreads over 2 s.
+    import av
+
+    for camera, frames, rate in (("input", "4", 1.5), ("orbit", "7", 3.0)):
+        out = tmp_path / f"{camera}.mp4"
+        assert main(["render", str(run_dir), "--camera", camera, "--frames", frames, "--size",
+                     "32", "--out", str(out), "--quiet"]) == 0
+        with av.open(str(out)) as container:
+            assert float(container.streams.video[0].average_rate) == pytest.approx(rate), camera
 
 
 def test_a_strided_clip_plays_at_its_source_rate_over_the_stride(clips_dir, tmp_path):

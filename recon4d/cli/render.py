@@ -32,8 +32,9 @@ class Config:
     """Frames of an orbit video."""
     size: int = 256
     """Side of the orbit views in pixels (input views keep the input size)."""
-    fps: float = 24.0
-    """Frame rate of the video."""
+    fps: Optional[float] = None
+    """Frame rate of the video (default: the clip's own, so time plays at its real speed; 24
+    for a frozen --time or an input without a rate)."""
     backend: Literal["auto", "reference", "native", "gsplat"] = "auto"
     """Renderer backend."""
 
@@ -49,7 +50,7 @@ def run(config: Config) -> int:
         raise UserError(f"--time {config.time} is outside [0, 1]: times are normalised over the clip")
     if config.frames < 1 or config.size < 8:
         raise UserError("--frames must be >= 1 and --size >= 8")
-    if not (math.isfinite(config.fps) and config.fps > 0):
+    if config.fps is not None and not (math.isfinite(config.fps) and config.fps > 0):
         raise UserError(f"--fps must be a positive number of frames per second, got {config.fps}")
     from recon4d.render import require_backend
 
@@ -105,6 +106,20 @@ def run(config: Config) -> int:
         with atomic_path(out) as tmp:
             Image.fromarray(images[0]).save(tmp, format="PNG")
     else:
-        write_mp4(images, out, config.fps)
+        write_mp4(images, out, config.fps or _playback_fps(config, len(times), len(images)))
     info(f"wrote {out}")
     return 0
+
+
+def _playback_fps(config: Config, clip_frames: int, video_frames: int) -> float:
+    """Frames per second at which the video's time runs as fast as the clip's: the clip's rate
+    for its input views; for an orbit, its frames spread over the clip's duration."""
+    from recon4d.data.dataset import run_fps
+
+    rate = run_fps(config.run_dir)
+    if rate is None or config.time is not None or clip_frames < 2:
+        return 24.0
+    if config.camera == "input":
+        return rate
+    duration = (clip_frames - 1) / rate
+    return max(video_frames - 1, 1) / duration

@@ -122,19 +122,8 @@ class Dataset:
 
     @property
     def fps(self) -> float | None:
-        """Frames per second of this dataset's frames: the source video's rate over the spacing
-        of the kept source frames (``--stride``, ``--max-frames``), or a manifest's own
-        ``fps``; None where the input has no rate (image folders, transforms.json)."""
-        if self.manifest.get("fps"):
-            return float(self.manifest["fps"])
-        rate = (self.manifest.get("source") or {}).get("fps")
-        if not rate:
-            return None
-        sources = [f.get("source_index") for f in self.manifest.get("frames", [])]
-        if len(sources) < 2 or any(not isinstance(i, int) for i in sources):
-            return float(rate)
-        spacing = (sources[-1] - sources[0]) / (len(sources) - 1)
-        return float(rate) / spacing if spacing > 0 else float(rate)
+        """Frames per second of this dataset's frames (:func:`manifest_fps`)."""
+        return manifest_fps(self.manifest)
 
     @property
     def background(self) -> np.ndarray:
@@ -318,6 +307,31 @@ def is_dataset_dir(path: str | Path) -> bool:
         return read_json(manifest).get("kind") == DATASET_KIND
     except (ValueError, AttributeError):
         return False
+
+
+def manifest_fps(manifest: dict) -> float | None:
+    """Frames per second of a dataset's frames: the source video's rate over the spacing of the
+    kept source frames (``--stride``, ``--max-frames``), or a manifest's own ``fps``; None where
+    the input has no rate (image folders, transforms.json)."""
+    if manifest.get("fps"):
+        return float(manifest["fps"])
+    rate = (manifest.get("source") or {}).get("fps")
+    if not rate:
+        return None
+    sources = [f.get("source_index") for f in manifest.get("frames", [])]
+    if len(sources) < 2 or any(not isinstance(i, int) for i in sources):
+        return float(rate)
+    spacing = (sources[-1] - sources[0]) / (len(sources) - 1)
+    return float(rate) / spacing if spacing > 0 else float(rate)
+
+
+def run_fps(run_dir: str | Path) -> float | None:
+    """The frame rate of a run's dataset (``RUN_DIR/dataset/manifest.json``), or None when the
+    run has no readable manifest or the input no rate."""
+    try:
+        return manifest_fps(read_json(Path(run_dir) / "dataset" / "manifest.json"))
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_dataset(path: str | Path, verify_hashes: bool = False) -> Dataset:
