@@ -191,6 +191,11 @@ def test_animations_play_at_the_clips_own_rate(clips_dir, tmp_path):
                      "32", "--out", str(out), "--quiet"]) == 0
         with av.open(str(out)) as container:
             assert float(container.streams.video[0].average_rate) == pytest.approx(rate), camera
+    # The viewer's playback speed 1 is the same rate (it read the source's, ignoring the
+    # kept frames' spacing).
+    from viewer.source import open_run
+
+    assert open_run(run_dir).fps == pytest.approx(1.5)
 
 
 def test_a_strided_clip_plays_at_its_source_rate_over_the_stride(clips_dir, tmp_path):

@@ -69,15 +69,6 @@ class ViewerSource:
     run_dir: Path | None = None
 
 
-def _source_fps(manifest: dict) -> float:
-    source = manifest.get("source", {}) if isinstance(manifest, dict) else {}
-    for key in ("fps", "frame_rate"):
-        value = source.get(key) if isinstance(source, dict) else None
-        if isinstance(value, (int, float)) and value > 0:
-            return float(value)
-    return 12.0
-
-
 def find_export_mesh(export_dir: Path) -> Path | None:
     """The canonical (rest-frame) mesh ``recon4d export`` wrote (``canonical_mesh.ply``), if any.
 
@@ -141,7 +132,7 @@ def open_run(run_dir: str | Path, device: str = "cpu") -> ViewerSource:
         from recon4d.data.dataset import load_dataset
 
         dataset = load_dataset(run.dataset)
-        frames, background, fps = dataset.frames, dataset.background, _source_fps(dataset.manifest)
+        frames, background, fps = dataset.frames, dataset.background, dataset.fps or 12.0
     mesh = None
     mesh_path = find_export_mesh(run.export)
     if mesh_path is not None:
