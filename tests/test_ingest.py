@@ -256,6 +256,76 @@ def test_max_frames_keeps_the_last_frame_of_a_video_shorter_than_declared(tmp_pa
     assert len(clip.source_indices) == 3 and clip.frames.shape[0] == 3
 
 
+def test_max_frames_picks_evenly_from_an_mp4_with_an_edit_list(tmp_path):
+    """20 frames encoded, the first 6 hidden by an edit list (negative timestamps, as a cut
+    made with -c copy leaves): 14 play. The pick came from the declared 20, so --max-frames 5
+    kept 4 frames and 10 kept 7, unevenly."""
+    import av
+
+    path = tmp_path / "trimmed.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"bf": "0"}
+        for k in range(20):
+            image = np.full((64, 64, 3), 255, np.uint8)
+            image[20:40, 2 + 2 * k:8 + 2 * k] = 0
+            frame = av.VideoFrame.from_ndarray(image, "rgb24")
+            frame.pts = k - 6
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 14
+    for count, expected in ((5, [0, 3, 6, 10, 13]), (10, [0, 1, 3, 4, 6, 7, 9, 10, 12, 13])):
+        clip = read_input(path, 1, count)
+        assert list(clip.source_indices) == expected, count
+
+
+def test_subsampled_video_decodes_to_the_exact_bt601_colour(clips_dir):
+    """wave_hello is yuv420p with a near-white background (Y 234, U = V = 127). swscale's fast
+    path rounded it to (251, 253, 250); BT.601 limited range gives (252.2, 255, 251.8)."""
+    import av
+
+    with av.open(str(clips_dir / "wave_hello.mp4")) as container:
+        first = next(container.decode(video=0))
+        assert first.format.name == "yuv420p"
+        planar = first.to_ndarray().astype(np.float64)   # Y rows, then U and V at half size
+    height, width = first.height, first.width
+    quarter = (height // 2) * (width // 2)
+    chroma = planar[height:].reshape(-1)
+    y = planar[:16, :16]
+    u = np.repeat(np.repeat(chroma[:quarter].reshape(height // 2, width // 2)[:8, :8], 2, 0), 2, 1)
+    v = np.repeat(np.repeat(chroma[quarter:2 * quarter].reshape(height // 2, width // 2)[:8, :8],
+                            2, 0), 2, 1)
+    luma = 1.164 * (y - 16)
+    exact = np.stack([luma + 1.596 * (v - 128), luma - 0.392 * (u - 128) - 0.813 * (v - 128),
+                      luma + 2.017 * (u - 128)], -1).clip(0, 255)
+    clip = read_input(clips_dir / "wave_hello.mp4", 1, 2)
+    read = clip.frames[0, :16, :16].astype(np.float64)
+    assert np.abs(read.mean((0, 1)) - exact.mean((0, 1))).max() < 0.75, (read.mean((0, 1)),
+                                                                          exact.mean((0, 1)))
+
+
+def test_downscaled_rgba_edges_keep_their_colour(tmp_path):
+    """RGB and alpha were area-resized apart, so the black under transparent pixels leaked
+    into a half-covered edge pixel: a red object's edge composited (255, 127, 127) over white
+    was read (191, 127, 127) before compositing, a dark fringe."""
+    folder = tmp_path / "rgba"
+    folder.mkdir()
+    for k in range(2):
+        image = np.zeros((200, 200, 4), np.uint8)           # transparent pixels stored black
+        image[50:150, 50:101] = (255, 0, 0, 255)            # right edge at an odd column
+        Image.fromarray(image, "RGBA").save(folder / f"{k:03d}.png")
+    clip = read_input(folder, 1, None, 100)
+    assert clip.frames.shape[1:3] == (100, 100)
+    edge = clip.frames[0, 50, 50].astype(int)
+    assert clip.alpha[0][50, 50] == 128
+    np.testing.assert_array_equal(edge, [255, 0, 0])        # the colour under the coverage
+
+
 def test_video_times_follow_container_timestamps(tmp_path):
     frames, _ = blob_clip(frames=5)
     video = write_mp4(tmp_path / "vfr.mp4", frames, fps=10, pts=[0, 1, 2, 4, 8])

@@ -196,6 +196,21 @@ def limit_side(array: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(array, size, interpolation=cv2.INTER_AREA), scale
 
 
+def _downscale_premultiplied(rgb: np.ndarray, alpha: np.ndarray, max_side: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`limit_side` of straight-alpha RGB (H, W, 3) and alpha (H, W), both uint8.
+
+    Colour under transparent pixels is arbitrary (black in most RGBA exports): averaged on its
+    own it leaked into the edge pixels, which then composited dark fringes. The colour is
+    averaged weighted by alpha (premultiplied, then divided back)."""
+    weight = alpha.astype(np.float32) / 255.0
+    premultiplied = limit_side(rgb.astype(np.float32) * weight[..., None], max_side)[0]
+    small_alpha = limit_side(weight, max_side)[0]
+    colour = premultiplied / np.maximum(small_alpha, 1e-6)[..., None]
+    return (np.clip(colour + 0.5, 0, 255).astype(np.uint8),
+            np.clip(small_alpha * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
 def fitting_scale(count: int, width: int, height: int, limit: int | None = None) -> float:
     """Largest scale (at most 1) at which ``count`` RGB frames of width x height, resized with
     :func:`limit_side`, fit in ``limit`` bytes (default :data:`MAX_CLIP_BYTES`)."""
@@ -256,9 +271,10 @@ class FrameCollector:
                             f"{first[0]}x{first[1]}: all frames must have the same size; resize "
                             "or remove the odd ones")
         if self.scale != 1.0:
-            rgb = limit_side(rgb, self.read_side)[0]
-            if alpha is not None:
-                alpha = limit_side(alpha, self.read_side)[0]
+            if alpha is None:
+                rgb = limit_side(rgb, self.read_side)[0]
+            else:
+                rgb, alpha = _downscale_premultiplied(rgb, alpha, self.read_side)
         if note and note not in self.notes:
             self.notes.append(note)
         self.frames.append(self._store(rgb))
@@ -448,10 +464,47 @@ def iterate_video(path: Path) -> Iterable[tuple[object, float | None]]:
         container.close()
 
 
+def frame_array(frame, pixel_format: str) -> np.ndarray:
+    """``frame.to_ndarray(format=pixel_format)``, converted exactly from sub-sampled chroma.
+
+    swscale's default path for 4:2:0 / 4:2:2 sources rounds down and skips the full chroma
+    interpolation: a near-white background (Y 234, U = V = 127) came out (251, 253, 250)
+    where BT.601 gives (252.2, 255, 251.8), 1-2 levels dark on every pixel. Accurate rounding
+    with full chroma costs about 10 ms per 720x720 frame, so other formats keep the fast path.
+    """
+    components = getattr(getattr(frame, "format", None), "components", ())
+    subsampled = any(getattr(c, "is_chroma", False) and (c.width < frame.width or
+                                                          c.height < frame.height)
+                     for c in components)
+    if not subsampled:
+        return frame.to_ndarray(format=pixel_format)
+    from av.video.reformatter import Interpolation
+
+    exact = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+    return frame.to_ndarray(format=pixel_format, interpolation=exact)
+
+
+def _count_frames(path: Path) -> int:
+    """The number of frames of the first video stream, from its packets (demuxed, not
+    decoded); 0 when the container cannot tell."""
+    import av
+
+    try:
+        container = _open_container(path)
+        try:
+            stream = container.streams.video[0]
+            return sum(1 for packet in container.demux(stream)
+                       if packet.size and not packet.is_discard)
+        finally:
+            container.close()
+    except av.error.FFmpegError:
+        return 0
+
+
 def upright_array(frame, pixel_format: str) -> np.ndarray:
-    """``frame.to_ndarray(format=pixel_format)`` as its player shows it (display matrix applied:
-    phones store portrait or mirrored video as plain frames plus that matrix), (H, W[, C])."""
-    return frame_orientation(frame).apply(frame.to_ndarray(format=pixel_format))
+    """:func:`frame_array` as its player shows it (display matrix applied: phones store
+    portrait or mirrored video as plain frames plus that matrix), (H, W[, C])."""
+    return frame_orientation(frame).apply(frame_array(frame, pixel_format))
 
 
 def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
@@ -472,7 +525,10 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     # evenly spaced pick needs the frame count, which containers usually declare.
     wanted = None
     if max_frames is not None and declared > 0:
-        wanted = set(select_indices(declared, stride, max_frames))
+        # Picked from the frames the file really holds: an edit list (a cut made with -c copy,
+        # a phone's trim) hides samples the declared count includes, and a pick from that count
+        # came out short and uneven. Counting packets needs no decoding.
+        wanted = set(select_indices(_count_frames(path) or declared, stride, max_frames))
     expected = len(wanted) if wanted is not None else -(-declared // stride) if declared else None
     collector = FrameCollector(f"video '{path}'", max_side, expected, min_side)
     total = 0
@@ -486,10 +542,10 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
                 console.info(f"video '{path.name}' is shown {orientation.describe()} (its display "
                              "matrix): frames are read as shown")
         if has_alpha:
-            rgba = orientation.apply(frame.to_ndarray(format="rgba"))
+            rgba = orientation.apply(frame_array(frame, "rgba"))
             rgb, alpha = np.ascontiguousarray(rgba[..., :3]), _opaque_to_none(rgba[..., 3])
         else:
-            rgb, alpha = orientation.apply(frame.to_ndarray(format="rgb24")), None
+            rgb, alpha = orientation.apply(frame_array(frame, "rgb24")), None
         collector.add(rgb, alpha, f"frame {index} of '{path.name}'")
         kept.append(index)
         times.append(time)
