@@ -123,7 +123,10 @@ R4D_HD bool eval_pair(const T* p, T px, T py, T dx, T dy, Hit<T>& h) {
   }
   T rho3d = T(INFINITY);
   T u = T(0), v = T(0);
-  if (r4d_abs(D) >= T(kDetEps)) {
+  // The ray meets the surfel's plane at z = C / D: only a hit in front of the camera counts
+  // (C D > 0). A surfel straddling the near plane otherwise drew a mirrored ghost at negative
+  // depth where the rays meet its plane behind the camera.
+  if (r4d_abs(D) >= T(kDetEps) && p[kC] * D > T(0)) {
     u = nu / D;
     v = nv / D;
     rho3d = u * u + v * v;

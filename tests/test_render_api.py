@@ -194,6 +194,21 @@ def test_normals_are_world_space():
     assert (cam_normals[0] - cam_normals[2]).norm() > 0.3
 
 
+def test_normal_from_depth_is_not_taken_across_a_silhouette():
+    """A small plane inside the view: every pixel with a normal from depth has the plane's
+    normal. An empty neighbour (depth 0, the camera centre once unprojected) made the
+    central difference at the silhouette point sideways (z +0.28 where -1 is right)."""
+    surfels = _plane_surfels(6, extent=0.4)
+    for backend in ("reference", "auto"):
+        out = render(surfels, _cameras([_camera_on_sphere(10, 5, 0)], width=40, height=36),
+                     backend=backend)
+        nfd = out.normal_from_depth[0]
+        has = nfd.norm(dim=-1) > 0
+        assert has.sum() > 100 and (out.alpha[0] >= 1e-6).sum() > has.sum()
+        cos = (nfd[has] * torch.tensor([0.0, 0.0, -1.0])).sum(-1)
+        assert cos.min() > 0.99, (backend, cos.min())
+
+
 def test_render_is_differentiable_wrt_pose_and_surfels():
     surfels = _plane_surfels(8)
     cams = _cameras([_camera_on_sphere(5, 5, 0)])

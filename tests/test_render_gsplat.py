@@ -70,7 +70,7 @@ def test_gsplat_outputs_match_reference(_gsplat):
     assert depth_err.median() < 0.01
     median_err = ((gs.median_depth - ref.median_depth).abs() / ref.depth.clamp_min(1e-6))[solid]
     assert median_err.median() < 0.01
-    # Normals: world space in both (gsplat's camera-space normals are rotated by the backend).
+    # Normals: world space in both (gsplat's rasterization_2dgs returns them in world space).
     cos = torch.nn.functional.cosine_similarity(gs.normal[solid], ref.normal[solid], dim=-1)
     assert cos.median() > 0.99
     assert (gs.distortion >= 0).all()

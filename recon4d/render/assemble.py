@@ -26,7 +26,9 @@ def normal_from_depth(depth: Tensor, alpha: Tensor, cameras: Cameras) -> Tensor:
         cameras: the C cameras the maps were rendered with.
     Returns:
         (C, H, W, 3) unit normals facing the camera; 0 on the 1-pixel border and where
-        alpha < 1e-6.
+        alpha < 1e-6 at the pixel or at any of its four neighbours (an empty neighbour has
+        depth 0 and unprojects to the camera centre: the difference across a silhouette
+        pointed sideways, and normal consistency pulled the edge surfels' normals with it).
     """
     num_cams, height, width = depth.shape
     dtype, device = depth.dtype, depth.device
@@ -52,7 +54,11 @@ def normal_from_depth(depth: Tensor, alpha: Tensor, cameras: Cameras) -> Tensor:
         view = points[:, 1:-1, 1:-1] - trans.view(-1, 1, 1, 3)
         sign = torch.where((n * view).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(dtype)
         normals = torch.nn.functional.pad(n * sign, (0, 0, 1, 1, 1, 1))
-    return torch.where((alpha >= ALPHA_EPS).unsqueeze(-1), normals, torch.zeros_like(normals))
+    has = alpha >= ALPHA_EPS
+    whole = torch.zeros_like(has)
+    whole[:, 1:-1, 1:-1] = (has[:, 1:-1, 1:-1] & has[:, 1:-1, 2:] & has[:, 1:-1, :-2]
+                            & has[:, 2:, 1:-1] & has[:, :-2, 1:-1])
+    return torch.where(whole.unsqueeze(-1), normals, torch.zeros_like(normals))
 
 
 def assemble(accum: Tensor, median_depth: Tensor, cameras: Cameras,

@@ -53,7 +53,9 @@ def rasterize_core_brute_force(means_c: Tensor, tu_c: Tensor, tv_c: Tensor, opac
             u = _det3(rhs, b, -d) / det_safe
             v = _det3(a, rhs, -d) / det_safe
             z = _det3(a, b, rhs) / det_safe
-            rho3d = torch.where(degenerate, torch.full_like(u, float("inf")), u * u + v * v)
+            # A hit behind the camera (z <= 0) is no hit.
+            rho3d = torch.where(degenerate | (z <= 0), torch.full_like(u, float("inf")),
+                                u * u + v * v)
             qx = fx * float(m[i, 0]) / float(m[i, 2]) + cx
             qy = fy * float(m[i, 1]) / float(m[i, 2]) + cy
             rho2d = 2.0 * ((px - qx) ** 2 + (py - qy) ** 2)

@@ -59,7 +59,7 @@ def render_gsplat(surfels: Surfels, cameras: Cameras, background: Tensor | None 
     width, height = int(cameras.width), int(cameras.height)
     scales3 = torch.cat([surfels.scales, torch.full_like(surfels.scales[:, :1], _THIRD_SCALE)], -1)
     # gsplat's kernels index raw pointers: hand them contiguous tensors.
-    colors, alphas, normals_cam, _, distort, median, _ = rasterization_2dgs(
+    colors, alphas, normals, _, distort, median, _ = rasterization_2dgs(
         surfels.means.contiguous(), surfels.quats.contiguous(), scales3,
         surfels.opacities.contiguous(), surfels.sh.contiguous(), cameras.viewmats.contiguous(),
         cameras.Ks.contiguous(), width, height, near_plane=0.01, sh_degree=surfels.sh_degree, packed=False,
@@ -72,9 +72,10 @@ def render_gsplat(surfels: Surfels, cameras: Cameras, background: Tensor | None 
         rgb = rgb + (1.0 - alpha).unsqueeze(-1) * bg
     has = alpha >= ALPHA_EPS
     depth = torch.where(has, acc_depth / torch.where(has, alpha, torch.ones_like(alpha)), 0.0)
-    # Camera-space -> world: n_world = R_c2w n_cam = R_w2c^T n_cam.
-    rot_w2c = cameras.viewmats[:, :3, :3]
-    normal = torch.einsum("cji,chwj->chwi", rot_w2c, normals_cam)
+    # rasterization_2dgs already returns world-space normals (it rotates its camera-space
+    # ones by inv(viewmats) before returning, in every release since 1.0): rotating them here
+    # again was right only for cameras with the identity rotation.
+    normal = normals
     return RenderOutput(
         rgb=rgb,
         alpha=alpha,

@@ -190,7 +190,9 @@ def _composite_block(feat: Tensor, pix: Tensor, kparams: Tensor) -> tuple[Tensor
     # +inf there as in the degenerate case; every value that reaches autograd stays bounded.
     dn2 = dn * dn
     r = num_u * num_u + num_v * num_v
-    ok3d = (dn.abs() >= DET_EPS) & (r <= RHO_CUT * dn2)
+    # Only a hit in front of the camera (z = C / dn > 0) counts: a surfel straddling the near
+    # plane drew a mirrored ghost where the rays meet its plane behind the camera.
+    ok3d = (dn.abs() >= DET_EPS) & (r <= RHO_CUT * dn2) & (feat[..., _F_NM].unsqueeze(1) * dn > 0)
     rho3d = torch.where(ok3d, r / torch.where(ok3d, dn2, torch.ones_like(dn2)), math.inf)
     z3d = feat[..., _F_NM].unsqueeze(1) / torch.where(ok3d, dn, torch.ones_like(dn))
     dist = torch.cdist(pix, feat[..., _F_QX:_F_QY + 1],
