@@ -71,6 +71,14 @@ def test_usd_time_samples_match_frames(tmp_path):
     stage = Usd.Stage.Open(str(path))
     assert stage.GetTimeCodesPerSecond() == 12 and stage.GetEndTimeCode() == 3
     assert "recon4d" in stage.GetRootLayer().customLayerData
+    # displayColor holds linear light; the fitted colours are sRGB bytes.
+    from pxr import UsdGeom
+
+    shown = np.asarray(UsdGeom.Mesh(stage.GetPrimAtPath("/recon4d/mesh")).GetDisplayColorAttr().Get())
+    srgb = animated.colors[:, :3] / 255.0
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    np.testing.assert_allclose(shown, linear, atol=1e-5)
+    assert np.abs(shown - srgb).max() > 0.05
 
 
 def test_mp4_round_trip(tmp_path):
@@ -182,8 +190,15 @@ def test_animations_play_at_the_clips_own_rate(clips_dir, tmp_path):
     assert float(times.max()) == pytest.approx(2.0, abs=1e-4)
     provenance = json.loads((run_dir / "export" / "provenance.json").read_text())
     assert provenance["settings"]["fps"] == pytest.approx(1.5)
-    # recon4d render: the input views replay at 1.5 fps, a 7-frame orbit spreads over 2 s.
+    # The export's orbit.mp4 (48 frames, time over the whole clip) lasts the clip's 2 s too.
+    assert main(["export", str(run_dir), "--format", "video", "--views", "4", "--image-size",
+                 "32", "--quiet"]) == 0
     import av
+
+    with av.open(str(run_dir / "renders" / "orbit.mp4")) as container:
+        stream = container.streams.video[0]
+        assert float(stream.average_rate) == pytest.approx(47 / 2.0, rel=1e-3)
+    # recon4d render: the input views replay at 1.5 fps, a 7-frame orbit spreads over 2 s.
 
     for camera, frames, rate in (("input", "4", 1.5), ("orbit", "7", 3.0)):
         out = tmp_path / f"{camera}.mp4"

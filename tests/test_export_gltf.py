@@ -293,6 +293,9 @@ def test_keyframe_times_stay_strictly_increasing_in_float32():
     times[400:] = times[400]  # a run of repeated times late in a 25-second clip
     seconds = keyframe_seconds(times, fps=24.0)
     assert seconds.dtype == np.float32 and (np.diff(seconds) > 0).all()
+    # Repeats at 0 step a microsecond, not to a subnormal a viewer may flush to zero.
+    start = keyframe_seconds(np.array([0.0, 0.0, 0.0, 1.0]), fps=24.0)
+    assert start[1] >= 9e-7 and start[2] > start[1]
 
 
 def test_every_glb_loads_in_trimesh_and_pygltflib(exported):

@@ -354,6 +354,8 @@ def test_gif_times_follow_frame_durations(tmp_path):
     assert np.allclose(dataset.times, [0, 0.25, 0.5, 1.0], atol=1e-6)
     assert dataset.manifest["source"]["type"] == "animation"
     assert iou(dataset.masks[0] >= 0.5, truth[0]) >= 0.9
+    # Its playback rate is the durations' average: 4 frames in 0.5 s (it had none: 24 fps).
+    assert dataset.fps == pytest.approx(8.0)
 
 
 def test_given_mask_folder_and_mask_video(tmp_path):

@@ -231,3 +231,24 @@ def test_bone_centres_lie_inside_a_curved_object():
     distance_from_axis = np.linalg.norm(centres[:, :2], axis=1)
     assert ((distance_from_axis > 0.94) & (distance_from_axis < 1.06)).all(), distance_from_axis
     assert bone_radius > 0.5
+
+
+def test_the_inflation_converts_pixels_with_the_mean_focal_length():
+    """Non-square pixels (fy = 1.2 fx): a ball's silhouette is an ellipse in pixels. Its
+    distances are measured in pixels of the mean focal length, each pixel focal/fx wide and
+    focal/fy high, so the ball inflates as deep as with square pixels (1.01 both);
+    fx alone gave 1.075 here, the mean focal on the pixel grid 0.95."""
+    size, fx, fy, depth, radius = 128, 100.0, 120.0, 2.7, 1.0
+    K = np.array([[fx, 0, size / 2], [0, fy, size / 2], [0, 0, 1]])
+    ys, xs = np.mgrid[0:size, 0:size]
+    rays = np.stack([(xs + 0.5 - size / 2) / fx, (ys + 0.5 - size / 2) / fy,
+                     np.ones((size, size))], -1)
+    rays /= np.linalg.norm(rays, axis=-1, keepdims=True)
+    along = rays[..., 2] * depth
+    mask = (along ** 2 - (depth ** 2 - radius ** 2) > 0).astype(np.float32)
+    view = np.eye(4)
+    view[2, 3] = depth
+    init = init_from_masks(np.full((1, size, size, 3), 0.5, np.float32), mask[None], view[None],
+                           K[None], num_surfels=2000)
+    half_depth = (init.occupied[:, 2].max() - init.occupied[:, 2].min()) / 2
+    assert half_depth == pytest.approx(1.01, abs=0.03), half_depth

@@ -71,8 +71,11 @@ def test_gsplat_outputs_match_reference(_gsplat):
     median_err = ((gs.median_depth - ref.median_depth).abs() / ref.depth.clamp_min(1e-6))[solid]
     assert median_err.median() < 0.01
     # Normals: world space in both (gsplat's rasterization_2dgs returns them in world space).
-    cos = torch.nn.functional.cosine_similarity(gs.normal[solid], ref.normal[solid], dim=-1)
-    assert cos.median() > 0.99
+    # Per camera: one with the identity rotation hides a normal rotated twice in a pooled median.
+    for c in range(len(cameras)):
+        cos = torch.nn.functional.cosine_similarity(gs.normal[c][solid[c]], ref.normal[c][solid[c]],
+                                                    dim=-1)
+        assert cos.median() > 0.99, c
     assert (gs.distortion >= 0).all()
 
 

@@ -115,11 +115,11 @@ def _playback_fps(config: Config, clip_frames: int, video_frames: int) -> float:
     """Frames per second at which the video's time runs as fast as the clip's: the clip's rate
     for its input views; for an orbit, its frames spread over the clip's duration."""
     from recon4d.data.dataset import run_fps
+    from recon4d.export.video import clip_paced_fps
 
     rate = run_fps(config.run_dir)
     if rate is None or config.time is not None or clip_frames < 2:
         return 24.0
     if config.camera == "input":
         return rate
-    duration = (clip_frames - 1) / rate
-    return max(video_frames - 1, 1) / duration
+    return clip_paced_fps(video_frames, clip_frames, rate)

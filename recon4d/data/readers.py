@@ -478,10 +478,13 @@ def frame_array(frame, pixel_format: str) -> np.ndarray:
                      for c in components)
     if not subsampled:
         return frame.to_ndarray(format=pixel_format)
-    from av.video.reformatter import Interpolation
+    try:
+        from av.video.reformatter import Interpolation
 
-    exact = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
-    return frame.to_ndarray(format=pixel_format, interpolation=exact)
+        exact = Interpolation.BICUBIC | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+        return frame.to_ndarray(format=pixel_format, interpolation=exact)
+    except (ImportError, AttributeError, TypeError):  # a PyAV without these flags
+        return frame.to_ndarray(format=pixel_format)
 
 
 def _count_frames(path: Path) -> int:
@@ -494,7 +497,7 @@ def _count_frames(path: Path) -> int:
         try:
             stream = container.streams.video[0]
             return sum(1 for packet in container.demux(stream)
-                       if packet.size and not packet.is_discard)
+                       if packet.size and not getattr(packet, "is_discard", False))
         finally:
             container.close()
     except av.error.FFmpegError:
@@ -612,6 +615,8 @@ def read_animation(path: Path, stride: int, max_frames: int | None, max_side: in
     stamps = np.asarray(starts, np.float64) if clock > 0 else None
     source = {"path": str(path.resolve()), "type": "animation", "format": image.format,
               "sha256": sha256_file(path), "num_source_frames": count,
+              # The average rate over the frame durations (None when they are not given).
+              "fps": count / clock if clock > 0 else None,
               "original_size": list(collector.original_size)}
     return RawClip(frames, alpha, stamps, keep, count, source, scale=collector.scale)
 

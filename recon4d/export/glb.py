@@ -153,8 +153,10 @@ def keyframe_seconds(times: np.ndarray, fps: float) -> np.ndarray:
     duration = max(count - 1, 1) / float(fps)
     seconds = (times * duration).astype(np.float32)
     # glTF demands strictly increasing inputs: nudge repeats (exact, or equal once stored as
-    # float32) to the next float32 up.
+    # float32) a microsecond up, or to the next float32 where that rounds away (late in a long
+    # clip); never to a subnormal step that a viewer may flush to zero.
     for i in range(1, count):
         if seconds[i] <= seconds[i - 1]:
-            seconds[i] = np.nextafter(seconds[i - 1], np.float32(np.inf))
+            seconds[i] = max(np.nextafter(seconds[i - 1], np.float32(np.inf)),
+                             np.float32(seconds[i - 1] + np.float32(1e-6)))
     return seconds

@@ -137,6 +137,14 @@ def orbit_frames(scene, count: int = 48, size: int = 256, backend: str = "auto",
     return np.stack(out)
 
 
+def clip_paced_fps(video_frames: int, clip_frames: int, clip_fps: float) -> float:
+    """Frame rate at which ``video_frames`` frames whose time runs over the whole clip (an orbit
+    while time plays) last as long as the clip: ``clip_frames`` frames at ``clip_fps``."""
+    if clip_frames < 2 or video_frames < 2:
+        return float(clip_fps)
+    return (video_frames - 1) / ((clip_frames - 1) / float(clip_fps))
+
+
 def write_videos(scene, out_dir: str | Path, fps: float = 24.0, dataset=None,
                  backend: str = "auto", orbit_count: int = 48, orbit_size: int = 256,
                  kinds: tuple[str, ...] = ("input", "orbit", "normals", "depth", "alpha",
@@ -177,6 +185,8 @@ def write_videos(scene, out_dir: str | Path, fps: float = 24.0, dataset=None,
                      for src, ren in zip(dataset.frames, maps["rgb"])),
                     out_dir / "input_vs_render.mp4", fps)
     if "orbit" in kinds:
+        # Its own frame count, time running over the whole clip: paced to last as long.
+        orbit_fps = clip_paced_fps(orbit_count, len(scene.frame_times), fps)
         written["orbit"] = write_mp4(orbit_frames(scene, orbit_count, orbit_size, backend,
-                                                  background), out_dir / "orbit.mp4", fps)
+                                                  background), out_dir / "orbit.mp4", orbit_fps)
     return written

@@ -80,7 +80,8 @@ def cameras_fixed(viewmats: np.ndarray, Ks: np.ndarray) -> bool:
     return bool(np.allclose(viewmats, viewmats[:1], atol=1e-6) and np.allclose(Ks, Ks[:1], atol=1e-6))
 
 
-def local_radius(mask: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray:
+def local_radius(mask: np.ndarray, dist: np.ndarray | None = None,
+                 sampling: tuple[float, float] | None = None) -> np.ndarray:
     """(H, W) bool silhouette -> (H, W) float32 radius (pixels) of the largest disc inside the
     silhouette that covers each pixel (0 outside): a limb's half-width, a body's half-height.
 
@@ -88,21 +89,28 @@ def local_radius(mask: np.ndarray, dist: np.ndarray | None = None) -> np.ndarray
     morphological opening by that disc; the opening is an erosion (distance to the border >= r)
     followed by a dilation (distance to the eroded set <= r), two distance transforms per radius.
     Radii are tried on a geometric ladder (steps of about 5 %), enough for a thickness prior.
+    ``sampling`` (row, column) is a pixel's height and width in the distances' unit (square
+    pixels by default).
     """
     mask = np.asarray(mask, bool)
     if dist is None:
-        dist = ndimage.distance_transform_edt(mask)
+        dist = ndimage.distance_transform_edt(mask, sampling=sampling)
     radius = np.zeros(mask.shape, np.float32)
     largest, r = float(dist.max()), 1.0
     while r <= largest:  # the eroded core (dist >= r) is not empty
-        covered = ndimage.distance_transform_edt(dist < r) <= r
+        covered = ndimage.distance_transform_edt(dist < r, sampling=sampling) <= r
         radius[covered & mask] = r
         r = max(r + 1.0, r * 1.05)
     return radius
 
 
-def inflation_half_thickness(mask: np.ndarray, profile: str = "round") -> np.ndarray:
+def inflation_half_thickness(mask: np.ndarray, profile: str = "round",
+                             sampling: tuple[float, float] | None = None) -> np.ndarray:
     """(H, W) bool silhouette -> (H, W) float32 half-thickness (pixels) of the inflated volume.
+
+    ``sampling`` (row, column): a pixel's height and width, for non-square pixels (distances
+    are then in those units; :func:`_inflated_volume` passes them in pixels of the mean
+    focal length, so that a ball's elliptical silhouette inflates round).
 
     ``"linear"``: the distance d to the border (a ridge: tubes get a diamond cross-section).
     ``"round"``: ``sqrt(d (2 R - d))`` with R the local radius (:func:`local_radius`): a tube of
@@ -110,12 +118,12 @@ def inflation_half_thickness(mask: np.ndarray, profile: str = "round") -> np.nda
     linear profile's value (d = R there).
     """
     mask = np.asarray(mask, bool)
-    dist = ndimage.distance_transform_edt(mask).astype(np.float32)
+    dist = ndimage.distance_transform_edt(mask, sampling=sampling).astype(np.float32)
     if profile == "linear":
         return dist
     if profile != "round":
         raise ValueError(f"profile: expected 'round' or 'linear', got {profile!r}")
-    radius = np.maximum(local_radius(mask, dist), dist)
+    radius = np.maximum(local_radius(mask, dist, sampling), dist)
     return np.sqrt(np.maximum(dist * (2 * radius - dist), 0.0)).astype(np.float32)
 
 
@@ -130,9 +138,9 @@ def _inflated_silhouette(points: np.ndarray, view: np.ndarray, K: np.ndarray, ma
     at least half a voxel of thickness, so every voxel column under a thin part is filled.
     """
     uv, z = project_points(points, view, K)
-    # Pixels -> scene units at the object's depth (each voxel's own z made the front thinner
-    # than the back, R D / (f + R) against R D / (f - R), so the volume leant away from the
-    # camera). The geometric mean focal length: the distance map counts square pixels.
+    # Pixels (of the mean focal length, see _inflated_volume) -> scene units at the object's
+    # depth (each voxel's own z made the front thinner than the back, R D / (f + R) against
+    # R D / (f - R), so the volume leant away from the camera).
     focal = float(np.sqrt(K[0, 0] * K[1, 1]))
     thickness = sample_nearest(half_thickness, uv) * depth / focal
     if min_voxel is not None:
@@ -152,7 +160,10 @@ def _inflated_volume(points: np.ndarray, grid: int, voxel: float, view: np.ndarr
     A second pass gives such parts one voxel of width and depth, and its voxels are kept in the
     pixel columns (i, j) where the first pass kept none and none of the 8 neighbouring columns
     either: a thin part beside the body is kept, while the body's outline is not widened."""
-    half_thickness = inflation_half_thickness(mask, profile)
+    # Distances in pixels of the mean focal length: a pixel is focal/fy high and focal/fx wide
+    # in them, so non-square pixels (fx != fy) measure a round part round.
+    focal = float(np.sqrt(K[0, 0] * K[1, 1]))
+    half_thickness = inflation_half_thickness(mask, profile, (focal / K[1, 1], focal / K[0, 0]))
     regular = _inflated_silhouette(points, view, K, mask, depth, half_thickness)
     thin = _inflated_silhouette(points, view, K, mask, depth, half_thickness, voxel)
     columns = regular.reshape(grid, grid, grid).any(axis=2)
