@@ -746,3 +746,19 @@ def test_ingest_memory_stays_near_the_clip_size(tmp_path, alpha):
         tracemalloc.stop()
     assert load_dataset(tmp_path / "out").num_frames == 12
     assert peak < 2.5 * clip_bytes, f"peak {peak / 1e6:.0f} MB for a {clip_bytes / 1e6:.0f} MB clip"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["frames"][1].update(time=1.7), "frame times outside"),
+    (lambda m: m["frames"][1].update(time="soon"), "numeric 'time'"),
+    (lambda m: m.update(background=[1.0, 1.0]), "expected 3 numbers"),
+])
+def test_a_hand_edited_manifest_is_refused_with_one_line(tmp_path, edit, message):
+    """Times beyond [0, 1] or a background without 3 values failed later, far from the cause."""
+    frames, _ = blob_clip(frames=4)
+    out = ingest(write_pngs(tmp_path / "frames", frames), tmp_path / "ds", IngestOptions(**SMALL))
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=message):
+        load_dataset(out)

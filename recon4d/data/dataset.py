@@ -384,7 +384,24 @@ def load_dataset(path: str | Path, verify_hashes: bool = False) -> Dataset:
                 raise UserError(f"{file} is {image.size[0]}x{image.size[1]}, manifest says "
                                 f"{width}x{height}: ingest the input again")
             target[i] = np.asarray(image, np.float32) / 255.0
-    times = np.asarray([float(e["time"]) for e in entries], np.float32)
+    try:
+        times = np.asarray([float(e["time"]) for e in entries], np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{manifest_path} has a frame without a numeric 'time': ingest the input "
+                        "again") from exc
+    if not (np.isfinite(times).all() and times.min(initial=0.0) >= -1e-6
+            and times.max(initial=0.0) <= 1 + 1e-6):
+        raise UserError(f"{manifest_path} has frame times outside [0, 1] (they are normalised "
+                        "over the clip): ingest the input again")
+    background = manifest.get("background", [1.0, 1.0, 1.0])
+    try:
+        colour = np.asarray(background, np.float64)
+    except (TypeError, ValueError):
+        colour = np.zeros(0)
+    if colour.shape != (3,) or not np.isfinite(colour).all():
+        raise UserError(f"{manifest_path} has background {background!r}, expected 3 numbers (RGB "
+                        "in [0, 1]): ingest the input again")
+    times = times.astype(np.float32)
     cams = manifest["cameras"]
     viewmats = np.asarray(cams.get("viewmats"), np.float64)
     Ks = np.asarray(cams.get("Ks"), np.float64)
