@@ -210,8 +210,9 @@ def test_the_thin_part_pass_does_not_widen_a_body():
     grid, extent = 32, 0.8
     points = init_module._grid_points(extent, grid, np.eye(3), np.zeros(3))
     voxel = 2 * extent / grid
-    plain = init_module._inflated_silhouette(points, views[0], Ks[0], mask, 2.7,
-                                             inflation_half_thickness(mask))
+    uv, z = init_module.project_points(points, views[0], Ks[0])
+    thickness = init_module.sample_nearest(inflation_half_thickness(mask), uv) * 2.7 / Ks[0, 0, 0]
+    plain = init_module._inflated_silhouette(uv, z, mask, thickness, 2.7)
     volume = init_module._inflated_volume(points, grid, voxel, views[0], Ks[0], mask, 2.7, "round")
     assert plain.sum() > 100
     np.testing.assert_array_equal(volume, plain)

@@ -487,19 +487,14 @@ def frame_array(frame, pixel_format: str) -> np.ndarray:
         return frame.to_ndarray(format=pixel_format)
 
 
-def _count_frames(path: Path) -> int:
-    """The number of frames of the first video stream, from its packets (demuxed, not
-    decoded); 0 when the container cannot tell."""
+def _count_frames(container, stream) -> int:
+    """The number of frames of ``stream`` in the open ``container``, from its packets (demuxed,
+    not decoded); 0 when the container cannot tell."""
     import av
 
     try:
-        container = _open_container(path)
-        try:
-            stream = container.streams.video[0]
-            return sum(1 for packet in container.demux(stream)
-                       if packet.size and not getattr(packet, "is_discard", False))
-        finally:
-            container.close()
+        return sum(1 for packet in container.demux(stream)
+                   if packet.size and not getattr(packet, "is_discard", False))
     except av.error.FFmpegError:
         return 0
 
@@ -520,6 +515,10 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     codec = stream.codec_context.name
     if _alpha_decoder(stream):
         pix_fmt = "yuva420p"   # the alpha side stream, which the stream's own decoder hides
+    # An evenly spaced pick is taken from the frames the file really holds: an edit list (a
+    # cut made with -c copy, a phone's trim) hides samples the declared count includes, and a
+    # pick from that count came out short and uneven. Counting packets needs no decoding.
+    held = _count_frames(container, stream) if max_frames is not None and declared > 0 else 0
     container.close()
     has_alpha = pix_fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya"))
     times: list[float | None] = []
@@ -528,10 +527,7 @@ def read_video(path: Path, stride: int, max_frames: int | None, max_side: int,
     # evenly spaced pick needs the frame count, which containers usually declare.
     wanted = None
     if max_frames is not None and declared > 0:
-        # Picked from the frames the file really holds: an edit list (a cut made with -c copy,
-        # a phone's trim) hides samples the declared count includes, and a pick from that count
-        # came out short and uneven. Counting packets needs no decoding.
-        wanted = set(select_indices(_count_frames(path) or declared, stride, max_frames))
+        wanted = set(select_indices(held or declared, stride, max_frames))
     expected = len(wanted) if wanted is not None else -(-declared // stride) if declared else None
     collector = FrameCollector(f"video '{path}'", max_side, expected, min_side)
     total = 0

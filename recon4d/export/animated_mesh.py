@@ -10,6 +10,7 @@ skinning (top-4 weights from ``scene.skinning_weights``, joint transforms from
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -64,8 +65,7 @@ class AnimatedMesh:
         verts = self.vertices if frame is None else self.frames[frame]
         tri = verts[self.faces]
         face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-        _, group = np.unique(self.vertices, axis=0, return_inverse=True)
-        group = group.reshape(-1)
+        group = self._position_groups
         normals = np.zeros((int(group.max()) + 1 if len(group) else 0, 3))
         for corner in range(3):
             np.add.at(normals, group[self.faces[:, corner]], face_n)
@@ -73,6 +73,14 @@ class AnimatedMesh:
         norm = np.linalg.norm(normals, axis=1, keepdims=True)
         fallback = np.array([0.0, 0.0, 1.0])
         return np.where(norm > 1e-12, normals / np.maximum(norm, 1e-12), fallback)
+
+    @cached_property
+    def _position_groups(self) -> np.ndarray:
+        """(V,) index of each vertex's position among the distinct canonical positions, found
+        once per mesh (the morph export asks for every frame's normals; copies made with
+        ``replace`` start without it)."""
+        _, group = np.unique(self.vertices, axis=0, return_inverse=True)
+        return group.reshape(-1)
 
     def transformed(self, world2asset: np.ndarray) -> "AnimatedMesh":
         """The same animated mesh expressed in another frame: ``world2asset`` (4, 4) rigid maps

@@ -168,7 +168,8 @@ class TSDFVolume:
         Colour is fused only in a thin band about the surface each view saw; a point whose
         neighbourhood holds none (a crease, a part no view saw head-on) takes the colour of the
         nearest voxel that has one (grey only when nothing was fused at all)."""
-        from scipy.ndimage import distance_transform_edt, map_coordinates
+        from scipy.ndimage import map_coordinates
+        from scipy.spatial import cKDTree
 
         coords = ((np.asarray(points, dtype=np.float64) - self.origin) / self.voxel_size).T
         cw = self.color_weight.numpy()
@@ -184,11 +185,9 @@ class TSDFVolume:
             if not (cw > 0).any():
                 out[~good] = 0.5
             else:
-                nearest = np.clip(np.round(coords[:, ~good]).astype(np.int64), 0,
-                                  np.array(cw.shape)[:, None] - 1)
-                _, source = distance_transform_edt(cw <= 0, return_indices=True)
-                i, j, k = (source[axis][tuple(nearest)] for axis in range(3))
-                out[~good] = colour[i, j, k]
+                coloured = np.argwhere(cw > 0)                       # (K, 3) voxel indices
+                _, nearest = cKDTree(coloured).query(coords[:, ~good].T)
+                out[~good] = colour[tuple(coloured[nearest].T)]
         return np.clip(out, 0.0, 1.0)
 
 

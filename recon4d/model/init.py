@@ -127,34 +127,29 @@ def inflation_half_thickness(mask: np.ndarray, profile: str = "round",
     return np.sqrt(np.maximum(dist * (2 * radius - dist), 0.0)).astype(np.float32)
 
 
-def _inflated_silhouette(points: np.ndarray, view: np.ndarray, K: np.ndarray, mask: np.ndarray,
-                         depth: float, half_thickness: np.ndarray,
-                         min_voxel: float | None = None) -> np.ndarray:
-    """(N,) bool: which world points (N, 3) lie inside the silhouette ``mask`` (H, W) of the
-    fixed camera (view (4, 4) world-to-camera, K (3, 3)) inflated about camera depth ``depth``
-    by ``half_thickness`` (H, W) pixels (:func:`inflation_half_thickness`).
+def _inflated_silhouette(uv: np.ndarray, z: np.ndarray, mask: np.ndarray, thickness: np.ndarray,
+                         depth: float, voxel_px: float | None = None,
+                         voxel: float | None = None) -> np.ndarray:
+    """(N,) bool: which points, at pixels ``uv`` (N, 2) and camera depths ``z`` (N,) of the fixed
+    camera, lie inside the silhouette ``mask`` (H, W) and within ``thickness`` (N,) (scene units)
+    of camera depth ``depth``.
 
-    ``min_voxel`` (scene units), when given, widens the silhouette by half a voxel and keeps
-    at least half a voxel of thickness, so every voxel column under a thin part is filled.
+    ``voxel`` (scene units, ``voxel_px`` in pixels), when given, widens the silhouette by half a
+    voxel and keeps at least half a voxel of thickness, so every voxel column under a thin part
+    is filled.
     """
-    uv, z = project_points(points, view, K)
-    # Pixels (of the mean focal length, see _inflated_volume) -> scene units at the object's
-    # depth (each voxel's own z made the front thinner than the back, R D / (f + R) against
-    # R D / (f - R), so the volume leant away from the camera).
-    focal = float(np.sqrt(K[0, 0] * K[1, 1]))
-    thickness = sample_nearest(half_thickness, uv) * depth / focal
-    if min_voxel is not None:
-        radius = int(np.ceil(0.5 * min_voxel * focal / depth))
-        mask = ndimage.binary_dilation(mask, iterations=max(radius, 1))
-        thickness = np.maximum(thickness, 0.51 * min_voxel)
+    if voxel is not None:
+        mask = ndimage.binary_dilation(mask, iterations=max(int(np.ceil(0.5 * voxel_px)), 1))
+        thickness = np.maximum(thickness, 0.51 * voxel)
     inside = sample_nearest(mask.astype(np.float32), uv) > 0.5
     return inside & (np.abs(z - depth) <= thickness) & (z > 1e-3)
 
 
 def _inflated_volume(points: np.ndarray, grid: int, voxel: float, view: np.ndarray,
                      K: np.ndarray, mask: np.ndarray, depth: float, profile: str) -> np.ndarray:
-    """(grid^3,) bool occupancy of the inflated silhouette on the reference camera's grid
-    (``points`` from :func:`_grid_points`, index order i = x, j = y, k = depth).
+    """(grid^3,) bool occupancy of the reference silhouette ``mask`` (H, W) inflated about camera
+    depth ``depth`` on the reference camera's grid (``points`` from :func:`_grid_points`, index
+    order i = x, j = y, k = depth; view (4, 4) world-to-camera, K (3, 3)).
 
     A part thinner than a voxel (a pole, a string, a tail) falls between the voxel centres.
     A second pass gives such parts one voxel of width and depth, and its voxels are kept in the
@@ -164,8 +159,13 @@ def _inflated_volume(points: np.ndarray, grid: int, voxel: float, view: np.ndarr
     # in them, so non-square pixels (fx != fy) measure a round part round.
     focal = float(np.sqrt(K[0, 0] * K[1, 1]))
     half_thickness = inflation_half_thickness(mask, profile, (focal / K[1, 1], focal / K[0, 0]))
-    regular = _inflated_silhouette(points, view, K, mask, depth, half_thickness)
-    thin = _inflated_silhouette(points, view, K, mask, depth, half_thickness, voxel)
+    uv, z = project_points(points, view, K)
+    # Pixels -> scene units at the object's depth (each voxel's own z made the front thinner
+    # than the back, R D / (f + R) against R D / (f - R), so the volume leant away from the
+    # camera).
+    thickness = sample_nearest(half_thickness, uv) * depth / focal
+    regular = _inflated_silhouette(uv, z, mask, thickness, depth)
+    thin = _inflated_silhouette(uv, z, mask, thickness, depth, voxel * focal / depth, voxel)
     columns = regular.reshape(grid, grid, grid).any(axis=2)
     near_body = ndimage.binary_dilation(columns, structure=np.ones((3, 3), bool))
     added = thin.reshape(grid, grid, grid) & ~near_body[:, :, None]
